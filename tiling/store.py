@@ -26,7 +26,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import zarr
@@ -82,6 +82,7 @@ class SlideStore:
         chunk_tiles: int = DEFAULT_CHUNK_TILES,
         stain: dict[str, Any] | None = None,
         overwrite: bool = False,
+        extra: Callable[[zarr.Group], None] | None = None,
     ) -> "SlideStore":
         """Create a store with its tile grid; ``patches`` is created when ``tile_size`` is given.
 
@@ -99,6 +100,9 @@ class SlideStore:
             Tiles per chunk of ``patches`` (and of features).
         overwrite : bool
             Replace an existing store; otherwise an existing store raises :class:`StoreError`.
+        extra : callable(group), optional
+            Adds more arrays or attributes before the store gets its final name, so they are part of the
+            all-or-nothing creation.
         """
         path = Path(path)
         if path.exists():
@@ -132,6 +136,8 @@ class SlideStore:
                 attributes={"compressor": PATCH_COMPRESSOR},
             )
             root.create_array("done/patches", shape=(_n_chunks(n, rows),), dtype="uint8", chunks=(1,), fill_value=0)
+        if extra is not None:
+            extra(root)
         # Only a complete skeleton gets the final name: a crash above leaves a ".partial" that the next run removes.
         os.replace(tmp, path)
         return cls.open(path, mode="r+")

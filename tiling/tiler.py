@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import threading
+from functools import lru_cache
+
+import dask
 import numpy as np
+import shapely
+from dask.callbacks import Callback
 from PIL import Image
 
 from ..errors import StoreError
 from ..wsi.slide import Slide, open_slide, slide_id_from_path
 from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
+from .qc import QC_FLAG_DOC, QCConfig, tile_qc
 from .store import SlideStore, identity_dict, identity_of
 from .tissue import TissueConfig, mask_to_polygons, segment_tissue
+
 
 Progress = Callable[[int, int], None]
 
@@ -97,6 +104,87 @@ def _check_resumable(store: SlideStore, slide_attrs: dict, tiling: dict, save_pa
         raise StoreError(f"{store.path}: the store holds no patches; pass --overwrite to rebuild it with patches")
 
 
+_open_lock = threading.Lock()
+
+
+@lru_cache(maxsize=8)
+def _cached_slide(path: str, mpp: float | None, size: int, mtime_ns: int) -> Slide:
+    # One open handle per slide file per process: the tasks of a slide's graph, whichever worker runs them,
+    # share it. Size and mtime are part of the key so a rewritten file is reopened, not read through a stale handle.
+    return open_slide(path, mpp=mpp)
+
+
+def _slide_for_task(path: str, mpp: float | None) -> Slide:
+    st = os.stat(path)
+    with _open_lock:
+        return _cached_slide(path, mpp, st.st_size, st.st_mtime_ns)
+
+
+def tile_chunk(slide_path: str, mpp: float | None, store_path: str, chunk_index: int, plan: ReadPlan,
+               qc: QCConfig | None = None) -> int:
+    """Read, QC and write one chunk of tiles of a store; the unit of work of the tiling graph.
+
+    Runs wherever the scheduler puts it (a local thread or a ``dask.distributed`` worker), so it takes only
+    paths and small values, opens what it needs there, and writes its chunk into the store itself.
+
+    Returns
+    -------
+    int : the number of tiles written.
+    """
+    slide = _slide_for_task(slide_path, mpp)
+    store = SlideStore.open(store_path, mode="r+")
+    sl = store.chunk_slices("patches")[chunk_index]
+    batch = np.stack([read_tile(slide, xy, plan) for xy in store.group["coords"][sl]])
+    white, sharpness, flags = tile_qc(batch, qc)
+    # QC values first, patches with their done marker last: a chunk marked done is complete in every array.
+    store.group["qc/white"][sl] = white
+    store.group["qc/sharpness"][sl] = sharpness
+    store.group["qc/flags"][sl] = flags
+    store.write_chunk("patches", chunk_index, batch)
+    return sl.stop - sl.start
+
+
+class _CountTiles(Callback):
+    """Dask callback that reports tiles finished by the local scheduler."""
+
+    def __init__(self, on_done: Callable[[int], None]):
+        super().__init__()
+        self.on_done = on_done
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        if isinstance(result, int):
+            self.on_done(result)
+
+
+def run_graph(tasks: list, *, scheduler: str | None = None, workers: int | None = None,
+              on_done: Callable[[int], None] | None = None) -> list:
+    """Compute delayed tasks on the local threaded scheduler, or on a ``dask.distributed`` cluster.
+
+    Parameters
+    ----------
+    tasks : list of dask.delayed
+    scheduler : str, optional
+        Address of a running ``dask.distributed`` scheduler (``tcp://host:8786``); None runs locally.
+    workers : int, optional
+        Local threads (default: CPU cores).
+    on_done : callable(int), optional
+        Called with each task's integer result as it finishes (progress).
+    """
+    if not tasks:
+        return []
+    if scheduler:
+        from distributed import Client, as_completed
+
+        with Client(scheduler) as client:
+            futures = client.compute(tasks)
+            for fut in as_completed(futures):
+                if on_done:
+                    on_done(fut.result())
+            return client.gather(futures)
+    with _CountTiles(on_done or (lambda n: None)):
+        return list(dask.compute(*tasks, scheduler="threads", num_workers=workers or os.cpu_count() or 1))
+
+
 def tile_slide(
     slide_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -106,15 +194,19 @@ def tile_slide(
     save_patches: bool = True,
     chunk_tiles: int = 64,
     workers: int | None = None,
+    scheduler: str | None = None,
     overwrite: bool = False,
     tissue_config: TissueConfig | None = None,
+    qc_config: QCConfig | None = None,
+    roi=None,
     slide_id: str | None = None,
     progress: Progress | None = None,
 ) -> TileResult:
     """Tile one slide into ``<out_dir>/<slide_id>.zarr``.
 
-    Re-running with the same slide and parameters does nothing more than finish missing chunks; a changed slide
-    or parameter raises :class:`~slidestream.errors.StoreError` unless ``overwrite``.
+    The work is a Dask graph with one task per chunk of tiles (:func:`tile_chunk`); each task writes its chunk
+    and marks it done. Re-running with the same slide and parameters only runs the tasks of chunks not marked
+    done; a changed slide or parameter raises :class:`~slidestream.errors.StoreError` unless ``overwrite``.
 
     Parameters
     ----------
@@ -127,25 +219,31 @@ def tile_slide(
     mpp : float, optional
         Level-0 pixel size override for slides without one.
     save_patches : bool
-        Store the RGB patches (otherwise only coordinates, read from the slide at embedding time).
+        Store the RGB patches and their QC (otherwise only coordinates, read from the slide at embedding time).
     workers : int, optional
-        Reader threads (default: number of CPU cores, at most 4).
+        Threads of the local scheduler (default: CPU cores).
+    scheduler : str, optional
+        Address of a ``dask.distributed`` scheduler to run the graph on; the slide and the store must be at the
+        same paths on the workers (a shared file system).
+    roi : shapely geometry, optional
+        Region of interest in level-0 pixels; only tiles whose centre lies inside are kept.
     progress : callable(done_tiles, total_tiles), optional
     """
     t0 = time.perf_counter()
     params = params or TilingParams()
-    slide_path = Path(slide_path)
-    out_dir = Path(out_dir)
+    slide_path = Path(slide_path).resolve()
+    out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     slide_id = slide_id or slide_id_from_path(slide_path)
     store_path = out_dir / f"{slide_id}.zarr"
-    workers = workers or min(4, os.cpu_count() or 1)
+    qc_config = qc_config or QCConfig()
 
     with open_slide(slide_path, mpp=mpp) as slide:
         slide_attrs = _slide_attrs(slide, slide_path)
         plan = plan_reads(params, slide.mpp, tuple(slide.level_downsamples))
         tiling = {**params.to_dict(), "level": plan.level, "read_size": plan.read_size, "extent0": plan.extent0,
-                  "save_patches": save_patches, "edge_policy": "whole tiles inside the slide only"}
+                  "save_patches": save_patches, "edge_policy": "whole tiles inside the slide only",
+                  "roi": roi.wkt if roi is not None else None}
         action = "tiled"
         store = None
         if store_path.exists() and not overwrite:
@@ -156,49 +254,57 @@ def tile_slide(
             mask, ds = tissue_mask(slide, params, tissue_config)
             coords = grid_coords(slide.dimensions, plan)
             frac = tissue_fractions(coords, plan.extent0, mask, ds)
-            keep = frac >= params.min_tissue
-            if params.min_tissue == 0:
-                keep = frac > 0
+            keep = frac >= params.min_tissue if params.min_tissue > 0 else frac > 0
+            if roi is not None:
+                centres = coords + plan.extent0 / 2
+                keep &= shapely.contains_xy(roi, centres[:, 0], centres[:, 1])
+            tissue_um2 = float(mask.sum() * ds[0] * ds[1] * slide.mpp**2)
+
+            def extra(group) -> None:
+                group.create_array("tissue_mask", data=mask.astype(np.uint8), chunks=mask.shape,
+                                   attributes={"downsample": list(ds)})
+                group.attrs["tissue_area_mm2"] = tissue_um2 / 1e6
+                if save_patches:
+                    n, rows = int(keep.sum()), group["patches"].chunks[0]
+                    for name, dtype in (("white", "float32"), ("sharpness", "float32"), ("flags", "uint8")):
+                        group.create_array(f"qc/{name}", shape=(n,), dtype=dtype, chunks=(rows,), fill_value=0)
+                    group["qc"].attrs.update({"config": qc_config.to_dict(), "flags": QC_FLAG_DOC})
+
             store = SlideStore.create(
                 store_path, coords=coords[keep], tissue=frac[keep], slide=slide_attrs, tiling=tiling,
                 tile_size=params.tile_size if save_patches else None, chunk_tiles=chunk_tiles, overwrite=overwrite,
+                extra=extra,
             )
-            store.group.create_array("tissue_mask", data=mask.astype(np.uint8), chunks=mask.shape,
-                                     attributes={"downsample": list(ds)})
-            tissue_um2 = float(mask.sum() * ds[0] * ds[1] * slide.mpp**2)
-            store.update_attrs(tissue_area_mm2=tissue_um2 / 1e6)
 
-        written = 0
-        if save_patches:
-            todo = [i for i, done in enumerate(store.done_chunks("patches")) if not done]
-            slices = store.chunk_slices("patches")
-            coords = store.coords
-            total = store.n_tiles
-            done_tiles = total - sum(slices[i].stop - slices[i].start for i in todo)
-            if progress:
-                progress(done_tiles, total)
+    written = 0
+    if save_patches:
+        todo = [i for i, done in enumerate(store.done_chunks("patches")) if not done]
+        slices = store.chunk_slices("patches")
+        total = store.n_tiles
+        done_tiles = total - sum(slices[i].stop - slices[i].start for i in todo)
+        if progress:
+            progress(done_tiles, total)
+        lock = threading.Lock()
 
-            def work(ci: int) -> int:
-                sl = slices[ci]
-                batch = np.stack([read_tile(slide, xy, plan) for xy in coords[sl]])
-                store.write_chunk("patches", ci, batch)
-                return sl.stop - sl.start
+        def on_done(n: int) -> None:
+            nonlocal done_tiles
+            with lock:
+                done_tiles += n
+                if progress:
+                    progress(done_tiles, total)
 
-            # openslide and the decoders release the GIL, so threads overlap reads on all cores.
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for n in pool.map(work, todo):
-                    written += 1
-                    done_tiles += n
-                    if progress:
-                        progress(done_tiles, total)
-        if action == "resumed" and written == 0:
-            action = "up-to-date"
-        store.set_status("tiling", "complete")
-        return TileResult(
-            slide_id=slide_id, store=store_path, n_tiles=store.n_tiles,
-            tissue_area_mm2=float(store.attrs.get("tissue_area_mm2", 0.0)),
-            seconds=time.perf_counter() - t0, action=action, chunks_written=written,
-        )
+        task = dask.delayed(tile_chunk, pure=False)
+        tasks = [task(str(slide_path), mpp, str(store_path), ci, plan, qc_config,
+                      dask_key_name=f"tile-{slide_id}-{ci}") for ci in todo]
+        written = len(run_graph(tasks, scheduler=scheduler, workers=workers, on_done=on_done))
+    if action == "resumed" and written == 0:
+        action = "up-to-date"
+    store.set_status("tiling", "complete")
+    return TileResult(
+        slide_id=slide_id, store=store_path, n_tiles=store.n_tiles,
+        tissue_area_mm2=float(store.attrs.get("tissue_area_mm2", 0.0)),
+        seconds=time.perf_counter() - t0, action=action, chunks_written=written,
+    )
 
 
 def tissue_polygons(store: SlideStore):

@@ -1,0 +1,107 @@
+"""The tiling graph: local threads, a real dask.distributed cluster, QC flags, ROI, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from shapely.geometry import box
+
+from slidestream.tiling.grid import TilingParams
+from slidestream.tiling.qc import FLAG_BLANK, FLAG_BLURRED, tile_qc
+from slidestream.tiling.store import SlideStore
+from slidestream.tiling.tiler import tile_slide
+from slidestream.wsi.synth import SynthConfig, write_synthetic_slide
+
+PARAMS = TilingParams(mpp=0.5, tile_size=224)
+
+
+@pytest.fixture(scope="module")
+def synth_slide(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synth") / "slide.svs"
+    write_synthetic_slide(path, SynthConfig(width=6144, height=4096, mpp=0.25, tumor=True, seed=3))
+    return path
+
+
+def _arrays(store_path):
+    s = SlideStore.open(store_path)
+    return {k: s.group[k][...] for k in ("coords", "tissue", "patches", "qc/white", "qc/sharpness", "qc/flags")}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), f"{k} differs"
+
+
+def test_qc_flags_blank_and_blurred_tiles():
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(60, 200, (1, 64, 64, 3), dtype=np.uint8)
+    blurred = np.full((1, 64, 64, 3), 150, np.uint8) + (np.arange(64, dtype=np.uint8)[None, :, None, None] // 16)
+    blank = np.full((1, 64, 64, 3), 245, np.uint8)
+    white, sharpness, flags = tile_qc(np.concatenate([sharp, blurred, blank]))
+    assert flags.tolist() == [0, FLAG_BLURRED, FLAG_BLANK]
+    assert white[2] == 1.0 and white[0] == 0.0
+    assert sharpness[0] > 100 * max(sharpness[1], 1e-3)
+
+
+def test_threads_and_distributed_cluster_give_identical_stores(synth_slide, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    local = tile_slide(synth_slide, tmp_path / "local", PARAMS, workers=2, chunk_tiles=16)
+    assert local.n_tiles > 50
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        remote = tile_slide(synth_slide, tmp_path / "cluster", PARAMS, scheduler=cluster.scheduler_address,
+                            chunk_tiles=16)
+    assert remote.chunks_written == local.chunks_written == -(-local.n_tiles // 16)
+    _assert_same(_arrays(local.store), _arrays(remote.store))
+
+
+def test_roi_restricts_tiles(synth_slide, tmp_path):
+    full = SlideStore.open(tile_slide(synth_slide, tmp_path / "a", PARAMS, save_patches=False).store)
+    roi = box(0, 0, 3072, 4096)  # left half of the slide
+    part = SlideStore.open(tile_slide(synth_slide, tmp_path / "b", PARAMS, save_patches=False, roi=roi).store)
+    centres = part.coords + part.tiling["extent0"] / 2
+    assert 0 < part.n_tiles < full.n_tiles
+    assert (centres[:, 0] < 3072).all()
+
+
+def _tile_cmd(slide, out):
+    code = ("import sys; from slidestream.tiling.tiler import tile_slide; from slidestream.tiling.grid import "
+            "TilingParams; tile_slide(sys.argv[1], sys.argv[2], TilingParams(mpp=0.5, tile_size=224), "
+            "chunk_tiles=8, workers=1)")
+    return [sys.executable, "-c", code, str(slide), str(out)]
+
+
+@pytest.mark.parametrize("kill_after_chunks", [0, 2, 6])
+def test_sigkill_then_resume_equals_uninterrupted(synth_slide, tmp_path, kill_after_chunks):
+    reference = tile_slide(synth_slide, tmp_path / "ref", PARAMS, chunk_tiles=8, workers=1)
+    out = tmp_path / "killed"
+    store_path = out / "slide.zarr"
+    proc = subprocess.Popen(_tile_cmd(synth_slide, out))
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if (store_path / "done" / "patches" / "zarr.json").exists():
+                done = SlideStore.open(store_path).done_chunks().sum()
+                if done >= kill_after_chunks:
+                    break
+            time.sleep(0.01)
+        killed = proc.poll() is None
+        if killed:
+            os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    before = SlideStore.open(store_path).done_chunks().sum() if (store_path / "zarr.json").exists() else -1
+    resumed = tile_slide(synth_slide, out, PARAMS, chunk_tiles=8, workers=1)
+    print(f"killed={killed} chunks done before resume={before} written on resume={resumed.chunks_written}")
+    assert killed, "the tiling process finished before it could be killed: make the slide larger"
+    assert resumed.action in ("resumed", "tiled")
+    if before >= 0:
+        assert resumed.chunks_written == len(SlideStore.open(resumed.store).chunk_slices()) - before
+    _assert_same(_arrays(reference.store), _arrays(resumed.store))
