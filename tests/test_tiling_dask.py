@@ -105,3 +105,25 @@ def test_sigkill_then_resume_equals_uninterrupted(synth_slide, tmp_path, kill_af
     if before >= 0:
         assert resumed.chunks_written == len(SlideStore.open(resumed.store).chunk_slices()) - before
     _assert_same(_arrays(reference.store), _arrays(resumed.store))
+
+
+def test_stain_normalised_tiling_is_recorded_and_resumable(synth_slide, tmp_path):
+    from slidestream.stain import from_dict, get_normalizer
+
+    plain = SlideStore.open(tile_slide(synth_slide, tmp_path / "plain", PARAMS, chunk_tiles=16).store)
+    res = tile_slide(synth_slide, tmp_path / "norm", PARAMS, chunk_tiles=16, stain=get_normalizer("macenko"))
+    store = SlideStore.open(res.store, mode="r+")
+    record = store.attrs["stain"]
+    assert record["method"] == "macenko" and record["source"] is not None
+    assert store.tiling["stain"]["method"] == "macenko"
+    expected = from_dict(record).transform(plain.patches[...])
+    got = store.patches[...]
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    assert np.abs(got.astype(int) - plain.patches[...]).mean() > 1  # normalisation did something
+    # resume after a crash: same source stain re-estimated, only the missing chunks rewritten
+    store.group["done/patches"][1:] = 0
+    again = tile_slide(synth_slide, tmp_path / "norm", PARAMS, chunk_tiles=16, stain=get_normalizer("macenko"))
+    assert again.action == "resumed"
+    assert np.array_equal(SlideStore.open(res.store).patches[...], got)
+    with pytest.raises(Exception, match="other parameters"):
+        tile_slide(synth_slide, tmp_path / "norm", PARAMS, chunk_tiles=16, stain=get_normalizer("reinhard"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ def _slide_for_task(path: str, mpp: float | None) -> Slide:
 
 
 def tile_chunk(slide_path: str, mpp: float | None, store_path: str, chunk_index: int, plan: ReadPlan,
-               qc: QCConfig | None = None) -> int:
+               qc: QCConfig | None = None, stain=None) -> int:
     """Read, QC and write one chunk of tiles of a store; the unit of work of the tiling graph.
 
     Runs wherever the scheduler puts it (a local thread or a ``dask.distributed`` worker), so it takes only
@@ -135,6 +136,8 @@ def tile_chunk(slide_path: str, mpp: float | None, store_path: str, chunk_index:
     store = SlideStore.open(store_path, mode="r+")
     sl = store.chunk_slices("patches")[chunk_index]
     batch = np.stack([read_tile(slide, xy, plan) for xy in store.group["coords"][sl]])
+    if stain is not None:
+        batch = stain.transform(batch)
     white, sharpness, flags = tile_qc(batch, qc)
     # QC values first, patches with their done marker last: a chunk marked done is complete in every array.
     store.group["qc/white"][sl] = white
@@ -199,6 +202,7 @@ def tile_slide(
     tissue_config: TissueConfig | None = None,
     qc_config: QCConfig | None = None,
     roi=None,
+    stain=None,
     slide_id: str | None = None,
     progress: Progress | None = None,
 ) -> TileResult:
@@ -227,6 +231,12 @@ def tile_slide(
         same paths on the workers (a shared file system).
     roi : shapely geometry, optional
         Region of interest in level-0 pixels; only tiles whose centre lies inside are kept.
+    stain : stain normaliser, optional
+        An object with ``fit_source(tiles)``, ``transform(batch)`` and ``to_dict()`` (e.g.
+        ``slidestream.stain.get_normalizer("macenko")``, already fitted to its target). Its source stain is
+        estimated once from a fixed sample of the slide's tiles, every stored patch is normalised with it, and
+        its record is stored in the store's ``stain`` attribute. (Tiling only calls these methods: the stain
+        package sits above tiling.)
     progress : callable(done_tiles, total_tiles), optional
     """
     t0 = time.perf_counter()
@@ -243,7 +253,8 @@ def tile_slide(
         plan = plan_reads(params, slide.mpp, tuple(slide.level_downsamples))
         tiling = {**params.to_dict(), "level": plan.level, "read_size": plan.read_size, "extent0": plan.extent0,
                   "save_patches": save_patches, "edge_policy": "whole tiles inside the slide only",
-                  "roi": roi.wkt if roi is not None else None}
+                  "roi": roi.wkt if roi is not None else None,
+                  "stain": None if stain is None else {k: v for k, v in stain.to_dict().items() if k != "source"}}
         action = "tiled"
         store = None
         if store_path.exists() and not overwrite:
@@ -276,6 +287,9 @@ def tile_slide(
                 extra=extra,
             )
 
+    if stain is not None and save_patches and store.n_tiles:
+        stain = _fit_stain(stain, store, slide_path, mpp, plan)
+
     written = 0
     if save_patches:
         todo = [i for i, done in enumerate(store.done_chunks("patches")) if not done]
@@ -294,7 +308,7 @@ def tile_slide(
                     progress(done_tiles, total)
 
         task = dask.delayed(tile_chunk, pure=False)
-        tasks = [task(str(slide_path), mpp, str(store_path), ci, plan, qc_config,
+        tasks = [task(str(slide_path), mpp, str(store_path), ci, plan, qc_config, stain,
                       dask_key_name=f"tile-{slide_id}-{ci}") for ci in todo]
         written = len(run_graph(tasks, scheduler=scheduler, workers=workers, on_done=on_done))
     if action == "resumed" and written == 0:
@@ -305,6 +319,30 @@ def tile_slide(
         tissue_area_mm2=float(store.attrs.get("tissue_area_mm2", 0.0)),
         seconds=time.perf_counter() - t0, action=action, chunks_written=written,
     )
+
+
+STAIN_SAMPLE_TILES = 64
+
+
+def _fit_stain(stain, store: SlideStore, slide_path: Path, mpp: float | None, plan: ReadPlan):
+    """Estimate the slide's source stain from a fixed, evenly spread sample of its tiles and record it.
+
+    The sample depends only on the tile grid, so a resumed run re-estimates exactly the same parameters; a
+    mismatch with the recorded ones means the slide or the method changed and is refused.
+    """
+    n = store.n_tiles
+    idx = np.unique(np.linspace(0, n - 1, min(n, STAIN_SAMPLE_TILES)).round().astype(int))
+    slide = _slide_for_task(str(slide_path), mpp)
+    sample = np.stack([read_tile(slide, xy, plan) for xy in store.coords[idx]])
+    stain.fit_source(sample)
+    record = stain.to_dict()
+    old = store.attrs.get("stain")
+    if old is None:
+        store.update_attrs(stain=record)
+    elif old != json.loads(json.dumps(record)):
+        raise StoreError(f"{store.path}: the stored patches were normalised with other stain parameters; "
+                         "pass --overwrite to rebuild the store")
+    return stain
 
 
 def tissue_polygons(store: SlideStore):
