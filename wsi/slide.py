@@ -46,6 +46,7 @@ import numpy as np
 
 from ..errors import ConfigError, CorruptSlideError, MissingMPPError, SlideError, UnsupportedSlideError
 from ._backends import BACKENDS, BackendRefused, SlideBackend
+from .direct import DirectUnsupported, with_direct_reader
 from .properties import objective_from_mpp, parse_positive_float
 
 __all__ = [
@@ -269,7 +270,7 @@ class Slide:
         # Pickling reopens the file by path in the receiving process (dask workers), with the same reader and
         # override; file handles themselves cannot travel.
         override = self._mpp_xy[0] if self._mpp_source == "override" and self._mpp_xy else None
-        return open_slide, (self._path, self._backend.name, override)
+        return open_slide, (self._path, self._backend.name, override, "auto" if self.direct_levels else False)
 
     def __repr__(self) -> str:
         w, h = self.dimensions
@@ -291,6 +292,12 @@ class Slide:
     def backend(self) -> str:
         """The reader actually used: ``"openslide"``, ``"tiffslide"`` or ``"pil"``."""
         return self._backend.name
+
+    @property
+    def direct_levels(self) -> tuple[int, ...]:
+        """Levels whose regions are decoded straight from the file's stored tiles (see
+        :mod:`slidestream.wsi.direct`); the others are read by :attr:`backend`. Empty when nothing is."""
+        return tuple(getattr(self._backend, "direct_levels", ()))
 
     @property
     def vendor(self) -> str | None:
@@ -674,7 +681,9 @@ def _refusal_error(path: Path, refusals: list[BackendRefused], backend: str) -> 
     return UnsupportedSlideError(path, primary.reason)
 
 
-def open_slide(path: str | os.PathLike, backend: str = "auto", mpp: float | None = None) -> Slide:
+def open_slide(
+    path: str | os.PathLike, backend: str = "auto", mpp: float | None = None, direct: bool | str = "auto"
+) -> Slide:
     """Open a whole-slide image (or a plain image) for reading.
 
     Parameters
@@ -687,6 +696,13 @@ def open_slide(path: str | os.PathLike, backend: str = "auto", mpp: float | None
     mpp : float, optional
         Level-0 pixel size in µm/px. When given it wins over any metadata (``mpp_source == "override"``); use it
         for files with no or wrong pixel size.
+    direct : {"auto", True, False}
+        Decode the stored tiles of TIFF-family slides (SVS, generic tiled TIFF; JPEG, LZW, Deflate, Zstandard,
+        WebP, JPEG 2000 or raw RGB(A)) directly instead of going through `backend` for pixels
+        (:mod:`slidestream.wsi.direct`, 3-5x faster);
+        regions are the same within decoder rounding. ``"auto"`` does so where the file allows it,
+        ``True`` refuses files of which a level cannot be read directly, ``False`` never does.
+        :attr:`Slide.direct_levels` tells which levels are.
 
     Returns
     -------
@@ -703,7 +719,7 @@ def open_slide(path: str | os.PathLike, backend: str = "auto", mpp: float | None
     CorruptSlideError
         An empty, truncated or undecodable file.
     ConfigError
-        An unknown `backend` or a non-positive `mpp`.
+        An unknown `backend` or `direct`, or a non-positive `mpp`.
 
     Examples
     --------
@@ -714,6 +730,8 @@ def open_slide(path: str | os.PathLike, backend: str = "auto", mpp: float | None
     """
     if backend not in BACKEND_NAMES:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if direct != "auto" and not isinstance(direct, bool):
+        raise ConfigError(f"direct must be 'auto', True or False, got {direct!r}")
     override = None if mpp is None else _check_mpp_value(mpp, "mpp")
     resolved = _check_path(path)
     names = list(BACKENDS) if backend == "auto" else [backend]
@@ -738,6 +756,17 @@ def open_slide(path: str | os.PathLike, backend: str = "auto", mpp: float | None
             adapter.close()
             refusals.append(BackendRefused(f"{name} cannot decode pixels: {type(exc).__name__}: {exc}", corrupt=True))
             continue
+        # Fast path (wsi/direct.py): decode the file's stored tiles ourselves where its layout allows.
+        try:
+            adapter = with_direct_reader(adapter, resolved, direct)
+        except DirectUnsupported as exc:
+            adapter.close()
+            raise UnsupportedSlideError(
+                resolved, f"its tiles cannot be read directly: {exc.reason}", hint="open it with direct='auto'"
+            ) from exc
+        except MemoryError:
+            adapter.close()
+            raise
         try:
             return Slide(resolved, adapter, mpp=override)
         except MemoryError:
