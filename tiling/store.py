@@ -134,6 +134,8 @@ class SlideStore:
                 "patches", shape=(n, tile_size, tile_size, 3), dtype="uint8",
                 chunks=(rows, tile_size, tile_size, 3), compressors=_patch_codec(), fill_value=255,
                 attributes={"compressor": PATCH_COMPRESSOR},
+                # Chunks are never all background (they hold tissue tiles): skip zarr's all-fill-value scan.
+                config={"write_empty_chunks": True},
             )
             root.create_array("done/patches", shape=(_n_chunks(n, rows),), dtype="uint8", chunks=(1,), fill_value=0)
         if extra is not None:

@@ -45,8 +45,12 @@ class TileResult:
 
 def resize_patch(patch: np.ndarray, size: int) -> np.ndarray:
     """Area-averaging (antialiased) resize of an (h, w, 3) uint8 patch to (size, size, 3)."""
-    if patch.shape[0] == size and patch.shape[1] == size:
+    h, w = patch.shape[:2]
+    if h == size and w == size:
         return patch
+    if h == w and h % size == 0:
+        # Whole-number factor (the common 40x → 20x case): block averaging, about twice as fast as a BOX resize.
+        return np.asarray(Image.fromarray(patch).reduce(h // size))
     return np.asarray(Image.fromarray(patch).resize((size, size), Image.Resampling.BOX))
 
 
