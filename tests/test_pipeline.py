@@ -1,0 +1,157 @@
+"""The whole path, thin but real: synthetic slides → stores → handcrafted features → ABMIL → GeoJSON/PNG/CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from slidestream.batch import collect_inputs
+from slidestream.cli.main import main
+from slidestream.demo import DemoConfig, run_demo
+from slidestream.pipeline import tile_batch
+from slidestream.tiling.grid import TilingParams
+from slidestream.tiling.store import SlideStore
+from slidestream.wsi.qupath import check_qupath_geojson
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    cfg = DemoConfig(n_normal=5, n_tumor=5, slide_size=3072, epochs=15, folds=2)
+    return run_demo(out, cfg)
+
+
+def test_demo_learns_and_writes_every_output(small_demo):
+    res = small_demo
+    assert res.test_auc["auc_defined"] and res.test_auc["auc"] >= 0.75
+    rows = list(csv.DictReader(open(res.run.predictions_csv)))
+    assert len(rows) == 4
+    for r in rows:
+        p = float(r["calibrated_probability"])
+        assert 0 <= p <= 1
+    tumour = [float(r["calibrated_probability"]) for r in rows if r["label"] == "1"]
+    normal = [float(r["calibrated_probability"]) for r in rows if r["label"] == "0"]
+    assert min(tumour) > max(normal) - 0.5  # a loose check; the AUC above is the real one
+    assert (res.checkpoint / "model.safetensors").is_file() and (res.checkpoint / "config.json").is_file()
+    assert res.report.read_text().count("|") > 10
+
+
+def test_demo_geojson_follows_the_qupath_rules(small_demo):
+    for slide_id, paths in small_demo.run.outputs.items():
+        store = SlideStore.open(small_demo.out_dir / "test" / "stores" / f"{slide_id}.zarr")
+        w, h = store.slide["dimensions"]
+        doc = json.loads(paths["geojson"].read_text(), parse_constant=lambda c: pytest.fail(f"non-strict {c}"))
+        assert doc["type"] == "FeatureCollection"
+        assert check_qupath_geojson(doc, slide_size=(w, h)) == []
+        tiles = [f for f in doc["features"] if f["properties"].get("objectType") == "tile"]
+        assert len(tiles) == store.n_tiles
+        for f in tiles:
+            m = f["properties"]["measurements"]
+            assert set(m) == {"attention", "attention_normalized"}
+            assert all(np.isfinite(v) for v in m.values())
+        tissue = [f for f in doc["features"] if (f["properties"].get("classification") or {}).get("name") == "Tissue"]
+        assert tissue and all(f["properties"]["objectType"] == "annotation" for f in tissue)
+        assert paths["heatmap"].stat().st_size > 10_000
+        assert paths["heatmap"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attention_is_higher_inside_ground_truth_tumour(small_demo):
+    from shapely.geometry import box
+
+    from slidestream.wsi.annotations import read_annotations, tumor_geometry
+
+    slides = small_demo.out_dir / "slides"
+    for slide_id in small_demo.run.outputs:
+        if not slide_id.startswith("tumor"):
+            continue
+        tumour = tumor_geometry(read_annotations(slides / "annotations" / f"{slide_id}.xml"))
+        store = SlideStore.open(small_demo.out_dir / "test" / "stores" / f"{slide_id}.zarr")
+        att = store.read_scores("model")[:, 0]
+        e = store.tiling["extent0"]
+        inside = np.array([box(x, y, x + e, y + e).intersection(tumour).area > 0.5 * e * e for x, y in store.coords])
+        assert inside.any() and (~inside).any()
+        assert att[inside].mean() > att[~inside].mean()
+
+
+def test_run_command_processes_new_slides_and_reports_bad_ones(small_demo, tmp_path, slides_dir):
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(small_demo.out_dir / "slides" / "tumor_001.svs", new / "case_a.svs")
+    shutil.copy(slides_dir / "openslide-fixtures" / "unreadable.svs", new / "broken.svs")
+    result = CliRunner().invoke(main, ["run", str(new), "--model", str(small_demo.checkpoint),
+                                       "--out", str(tmp_path / "res"), "--weights", "none"])
+    assert result.exit_code == 1, result.output
+    assert "broken" in result.output and "Bogus marker" in result.output
+    assert "Traceback" not in result.output
+    rows = list(csv.DictReader(open(tmp_path / "res" / "predictions.csv")))
+    assert [r["slide_id"] for r in rows] == ["case_a"]
+    assert (tmp_path / "res" / "case_a.geojson").is_file()
+    record = json.loads((tmp_path / "res" / "run-run.json").read_text())
+    assert any(s["slide_id"] == "broken" and s["status"] == "failed" for s in record["slides"])
+
+
+def test_batch_with_malformed_fixtures_goes_on(slides_dir, tmp_path):
+    inputs = collect_inputs([slides_dir / "openslide-fixtures", slides_dir / "CMU-1-Small-Region.svs"])
+    outcomes = tile_batch(inputs, tmp_path, TilingParams(mpp=0.5, tile_size=224))
+    by = {Path(o.path).stem: o for o in outcomes if not o.path.endswith(".png")}
+    assert by["CMU-1-Small-Region"].status == "ok" and by["CMU-1-Small-Region"].details["tiles"] > 20
+    assert by["unreadable"].status == "failed" and "unreadable.svs" in by["unreadable"].error
+    assert by["unopenable"].status == "failed" and "52479" in by["unopenable"].error
+    # boxes.tiff is 352 µm/px: far too coarse for 0.5 µm/px tiles, refused with the reason
+    assert by["boxes"].status == "failed" and "never upsamples" in by["boxes"].error
+    record = json.loads((tmp_path / "run-tile.json").read_text())
+    assert record["counts"]["failed"] >= 3 and record["counts"]["ok"] >= 1
+
+
+def test_collect_inputs_dedupes_and_never_merges_different_files(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "slide.svs").write_bytes(b"x")
+    items = collect_inputs([tmp_path / "a", tmp_path / "a" / "slide.svs", tmp_path / "b" / "slide.svs"])
+    assert len(items) == 2
+    assert len({it.slide_id for it in items}) == 2 and items[0].slide_id == "slide"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,label,split,site\na/slide.svs,1,train,X\n")
+    (it,) = collect_inputs([manifest])
+    assert it.label == 1 and it.split == "train" and it.meta == {"site": "X"} and it.path == tmp_path / "a/slide.svs"
+
+
+def test_info_prints_one_line_per_bad_file(slides_dir):
+    files = sorted(str(p) for p in slides_dir.rglob("*") if p.is_file())
+    result = CliRunner().invoke(main, ["info", *files])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "CMU-1-Small-Region.svs" in result.output and "0.499" in result.output
+    bad = [line for line in result.output.splitlines() if line.startswith("✗")]
+    assert len(bad) == 4, bad  # unopenable, unreadable, cells-2c (2 channels), cells.ome (planar)
+    result = CliRunner().invoke(main, ["info", "--json", str(slides_dir / "CMU-1-Small-Region.svs")])
+    assert result.exit_code == 0
+    (desc,) = json.loads(result.output)["slides"]
+    assert desc["dimensions"] == [2220, 2967] and desc["vendor"] == "aperio"
+
+
+def test_heatmap_command_from_scores_and_from_features(small_demo, tmp_path):
+    stores = small_demo.out_dir / "test" / "stores"
+    # From stored scores: GeoJSON only, with high-attention regions.
+    r = CliRunner().invoke(main, ["heatmap", str(stores), "--model", "model", "--out", str(tmp_path / "a"),
+                                  "--format", "geojson", "--threshold", "0.5"])
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "a").glob("*.geojson"))
+    assert len(files) == 4 and not list((tmp_path / "a").glob("*.png"))
+    doc = json.loads(files[0].read_text())
+    assert check_qupath_geojson(doc) == []
+    assert any(f["properties"].get("name") == "High attention" for f in doc["features"])
+    # From features with a checkpoint, under a new score name: PNG only.
+    r = CliRunner().invoke(main, ["heatmap", str(stores), "--checkpoint", str(small_demo.checkpoint),
+                                  "--model", "again", "--out", str(tmp_path / "b"), "--format", "png"])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "b").glob("*.heatmap.png"))) == 4
+    first = SlideStore.open(next(stores.glob("*.zarr")))
+    assert np.allclose(first.read_scores("again"), first.read_scores("model"), atol=1e-6)
