@@ -135,12 +135,12 @@ class SlideOutcome:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _strict(obj: Any) -> Any:
+def strict_json(obj: Any) -> Any:
     """Nested copy with NaN/inf as None, so the JSON is strict (other tools reject NaN literals)."""
     if isinstance(obj, dict):
-        return {str(k): _strict(v) for k, v in obj.items()}
+        return {str(k): strict_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
+        return [strict_json(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -155,7 +155,7 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_strict(payload), f, indent=2, allow_nan=False, default=str)
+            json.dump(strict_json(payload), f, indent=2, allow_nan=False, default=str)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -352,6 +352,34 @@ def heatmap(stores, out, model_name, checkpoint, fmt, threshold, column):
     _exit_for(outcomes)
 
 
+# ---------------------------------------------------------------------------------------------------- evaluate
+@main.group()
+def evaluate():
+    """Benchmark metrics on prediction files (CAMELYON16 lesion FROC)."""
+
+
+@evaluate.command("froc")
+@click.option("--detections", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of <slide>.csv files with the official 'confidence,X,Y' rows (level-0 pixels).")
+@click.option("--annotations", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of ground truth per tumour slide: ASAP XML, GeoJSON, NCRF JSON or <slide>_mask.tif. "
+                   "A slide without a file is a normal slide.")
+@click.option("--mpp", default=0.243, show_default=True, help="Level-0 µm/px of the slides (CAMELYON16: 0.243).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"sensitivity": {"0.25": …}, "froc": …} as JSON.')
+def evaluate_froc(detections, annotations, mpp, as_json):
+    """Lesion-level FROC exactly as the official CAMELYON16 evaluation computes it: the sensitivities at
+    0.25, 0.5, 1, 2, 4 and 8 average false positives per slide, and their mean (the FROC score)."""
+    from ..batch import strict_json
+    from ..mil.froc import evaluate_froc_dirs, format_froc
+
+    result = evaluate_froc_dirs(detections, annotations, mpp=mpp)
+    if as_json:
+        keep = {k: result[k] for k in ("sensitivity", "froc", "defined") if k in result}
+        click.echo(json.dumps(strict_json(keep), indent=2))
+    else:
+        click.echo(format_froc(result))
+
+
 # ---------------------------------------------------------------------------------------------------- demo
 @main.command()
 @click.option("--out", default="demo-output", show_default=True, type=click.Path(path_type=Path))
