@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -93,7 +94,8 @@ def save_checkpoint(path: str | os.PathLike, model: MILHead | MILEnsemble | list
     config : TrainConfig or dict, optional
         Training configuration, stored under ``"train_config"``.
     meta : dict, optional
-        Any JSON-serialisable provenance (encoder name, tiling ``mpp`` / ``tile_size``, software version ...).
+        Any JSON-serialisable provenance (encoder name, tiling ``mpp`` / ``tile_size``, software version,
+        metrics ...). NumPy scalars become Python numbers and NaN/inf become ``null`` so the file is strict JSON.
     temperature : float, optional
         Softmax temperature for calibrated probabilities; defaults to ``model.temperature``.
 
@@ -134,7 +136,7 @@ def save_checkpoint(path: str | os.PathLike, model: MILHead | MILEnsemble | list
         "meta": dict(meta or {}),
     }
     try:
-        text = json.dumps(doc, indent=1, allow_nan=False)
+        text = json.dumps(_strict_json(doc), indent=1, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"checkpoint config/meta must be JSON-serialisable (finite numbers, str, lists, dicts): {exc}"
@@ -228,6 +230,19 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         except ConfigError as exc:
             raise CheckpointError(f"{cfg_path}: invalid train_config ({exc})") from exc
     return model, config, dict(doc.get("meta") or {})
+
+
+def _strict_json(obj: Any) -> Any:
+    """Copy with tuples as lists, NumPy scalars as Python ones and non-finite floats as None."""
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # NumPy / torch scalar
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _refuse_non_safetensors(path: Path, data: bytes) -> None:

@@ -16,6 +16,7 @@ Conventions shared by all heads
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ class MILOutput:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
-class MILHead(nn.Module):
+class MILHead(nn.Module, abc.ABC):
     """Base class of all heads: holds ``in_dim``, ``n_classes`` and the registry name and kwargs.
 
     Subclasses implement ``_forward(bag)`` on a validated ``(N, D)`` tensor.
@@ -101,8 +102,9 @@ class MILHead(nn.Module):
         """
         return self._forward(_check_bag(bag, self.in_dim))
 
-    def _forward(self, bag: Tensor) -> MILOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _forward(self, bag: Tensor) -> MILOutput:
+        """Score a validated ``(N, D)`` bag."""
 
     def auxiliary_loss(self, output: MILOutput, label: int | Tensor) -> Tensor:
         """Extra, already weighted training loss for this bag; zero for heads without one."""
@@ -297,8 +299,9 @@ class _CLAM(MILHead):
         self.attention = GatedAttention(hidden_dim, attn_dim, n_branches, dropout)
         self.instance_classifiers = nn.ModuleList(nn.Linear(hidden_dim, 2) for _ in range(n_classes))
 
-    def _bag_logits(self, pooled: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _bag_logits(self, pooled: Tensor) -> Tensor:
+        """Slide logits ``(K,)`` from the attention-pooled vectors ``(B, H)``."""
 
     def _forward(self, bag: Tensor) -> MILOutput:
         h = self.features(bag)
@@ -625,8 +628,9 @@ class _InstancePool(MILHead):
             width = in_dim
         self.classifier = nn.Linear(width, n_classes)
 
-    def _pool(self, inst_logits: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _pool(self, inst_logits: Tensor) -> Tensor:
+        """Slide logits ``(K,)`` from instance logits ``(N, K)``."""
 
     def _forward(self, bag: Tensor) -> MILOutput:
         inst_logits = self.classifier(self.features(bag))  # (N, K)

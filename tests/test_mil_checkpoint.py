@@ -157,9 +157,13 @@ def test_damaged_or_mismatched_checkpoints_are_refused(tmp_path):
 def test_meta_must_be_json(tmp_path):
     with pytest.raises(ConfigError):
         save_checkpoint(tmp_path, head(), meta={"bad": object()})
-    with pytest.raises(ConfigError):
-        save_checkpoint(tmp_path, head(), meta={"nan": float("nan")})
     assert not (tmp_path / "config.json").exists()
+    # Metrics dicts carry NaN for undefined values and NumPy scalars: stored as strict JSON.
+    save_checkpoint(tmp_path, head(), meta={"auc": float("nan"), "n": np.int64(3), "mpp": np.float32(0.5),
+                                            "folds": (1, 2)})
+    json.loads((tmp_path / "config.json").read_text(), parse_constant=pytest.fail)  # no NaN literals
+    _, _, meta = load_checkpoint(tmp_path)
+    assert meta == {"auc": None, "n": 3, "mpp": 0.5, "folds": [1, 2]}
 
 
 def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path):

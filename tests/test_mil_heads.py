@@ -227,3 +227,23 @@ def test_ensemble_averages_member_probabilities():
         MILEnsemble([make("abmil"), make("mean_pool")])
     with pytest.raises(ConfigError):
         MILEnsemble([])
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_heads_run_under_bfloat16_autocast(name):
+    # Training uses bf16 autocast on CUDA; CPU autocast exercises the same dtype mixing without a GPU.
+    head = make(name, full_attention_max_tokens=64) if name == "transmil" else make(name)
+    bag = torch.randn(150, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(bag)
+        aux = head.auxiliary_loss(out, 1)
+    loss = torch.nn.functional.cross_entropy(out.logits[None].float(), torch.tensor([1])) + aux.float()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in head.parameters())
+    ref = make(name, full_attention_max_tokens=64) if name == "transmil" else make(name)
+    ref.eval()
+    head.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = head(bag).logits.float()
+    assert torch.allclose(low, ref(bag).logits, atol=0.1)
