@@ -394,14 +394,53 @@ def demo(out, n_slides, encoder, seed):
 
     cfg = DemoConfig(n_normal=n_slides // 2, n_tumor=n_slides - n_slides // 2, encoder=encoder, seed=seed)
     res = run_demo(out, cfg, reporter=RichReporter(err))
-    _print_predictions(res.run.rows)
-    a = res.test_auc
-    click.echo(f"held-out slide AUC: {a['auc']:.3f} (95% CI {a['auc_ci_low']:.3f}–{a['auc_ci_high']:.3f}) "
-               f"on {len(res.run.rows)} slides; {res.seconds:.0f} s")
+    _print_predictions(res.rows)
+    _print_scores(res.test_auc, res.froc, len(res.rows))
+    click.echo(f"total {res.seconds:.0f} s")
     click.echo("outputs:")
-    for p in res.outputs:
+    for p in res.listed_outputs:
         click.echo(f"  {p}")
     click.echo(f"report: {res.report}")
+
+
+def _print_scores(auc: dict, froc: dict | None, n: int) -> None:
+    click.echo(f"held-out slide AUC: {auc['auc']:.3f} (95% CI {auc['auc_ci_low']:.3f}–{auc['auc_ci_high']:.3f}) "
+               f"on {n} slides")
+    if froc is not None:
+        sens = "  ".join(f"{k} FP/slide: {v:.3f}" for k, v in froc["sensitivity"].items())
+        click.echo(f"lesion FROC: {froc['froc']:.3f}  ({sens})")
+
+
+# ---------------------------------------------------------------------------------------------------- bench
+@main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Benchmark folder (resumable).")
+@click.option("--encoder", default="handcrafted", show_default=True)
+@click.option("--weights", default="hub", show_default=True, help="Encoder weights: 'hub', a local file, or 'none'.")
+@click.option("--head", default="abmil", show_default=True)
+@click.option("--folds", default=5, show_default=True)
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@_tiling_options
+@click.option("--stain", type=click.Choice(["none", "macenko", "reinhard", "vahadane"]), default="none",
+              show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def bench(source, out, encoder, weights, head, folds, epochs, seed, target_mpp, tile_size, overlap, min_tissue,
+          stain, device):
+    """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
+    manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
+    the official lesion FROC, ROC/FROC plots, bench.json and report.md. Rerunning after an interruption skips
+    finished stages."""
+    from ..benchmark import BenchConfig, run_benchmark
+    from ..tiling.grid import TilingParams
+
+    cfg = BenchConfig(encoder=encoder, weights=weights, head=head, folds=folds, epochs=epochs, seed=seed,
+                      stain=None if stain == "none" else stain, device=device,
+                      tiling=TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap,
+                                          min_tissue=min_tissue))
+    res = run_benchmark(source, out, cfg, reporter=RichReporter(err))
+    _print_scores(res.auc, res.froc, res.metrics["n"])
+    click.echo(f"report: {res.report}\nrecord: {res.record}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,7 +30,11 @@ def small_demo(tmp_path_factory):
 def test_demo_learns_and_writes_every_output(small_demo):
     res = small_demo
     assert res.test_auc["auc_defined"] and res.test_auc["auc"] >= 0.75
-    rows = list(csv.DictReader(open(res.run.predictions_csv)))
+    assert res.froc is not None and 0 <= res.froc["froc"] <= 1
+    for p in res.listed_outputs:
+        assert p.exists(), p
+    assert (res.out_dir / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader(open(res.predictions_csv)))
     assert len(rows) == 4
     for r in rows:
         p = float(r["calibrated_probability"])
@@ -43,8 +47,8 @@ def test_demo_learns_and_writes_every_output(small_demo):
 
 
 def test_demo_geojson_follows_the_qupath_rules(small_demo):
-    for slide_id, paths in small_demo.run.outputs.items():
-        store = SlideStore.open(small_demo.out_dir / "test" / "stores" / f"{slide_id}.zarr")
+    for slide_id, paths in small_demo.outputs.items():
+        store = SlideStore.open(small_demo.out_dir / "stores" / f"{slide_id}.zarr")
         w, h = store.slide["dimensions"]
         doc = json.loads(paths["geojson"].read_text(), parse_constant=lambda c: pytest.fail(f"non-strict {c}"))
         assert doc["type"] == "FeatureCollection"
@@ -67,12 +71,12 @@ def test_attention_is_higher_inside_ground_truth_tumour(small_demo):
     from slidestream.wsi.annotations import read_annotations, tumor_geometry
 
     slides = small_demo.out_dir / "slides"
-    for slide_id in small_demo.run.outputs:
+    for slide_id in small_demo.outputs:
         if not slide_id.startswith("tumor"):
             continue
         tumour = tumor_geometry(read_annotations(slides / "annotations" / f"{slide_id}.xml"))
-        store = SlideStore.open(small_demo.out_dir / "test" / "stores" / f"{slide_id}.zarr")
-        att = store.read_scores("model")[:, 0]
+        store = SlideStore.open(small_demo.out_dir / "stores" / f"{slide_id}.zarr")
+        att = store.read_scores("bench")[:, 0]
         e = store.tiling["extent0"]
         inside = np.array([box(x, y, x + e, y + e).intersection(tumour).area > 0.5 * e * e for x, y in store.coords])
         assert inside.any() and (~inside).any()
@@ -138,9 +142,10 @@ def test_info_prints_one_line_per_bad_file(slides_dir):
 
 
 def test_heatmap_command_from_scores_and_from_features(small_demo, tmp_path):
-    stores = small_demo.out_dir / "test" / "stores"
+    stores = small_demo.out_dir / "stores"
     # From stored scores: GeoJSON only, with high-attention regions.
-    r = CliRunner().invoke(main, ["heatmap", str(stores), "--model", "model", "--out", str(tmp_path / "a"),
+    test_stores = [str(stores / f"{sid}.zarr") for sid in small_demo.outputs]
+    r = CliRunner().invoke(main, ["heatmap", *test_stores, "--model", "bench", "--out", str(tmp_path / "a"),
                                   "--format", "geojson", "--threshold", "0.5"])
     assert r.exit_code == 0, r.output
     files = sorted((tmp_path / "a").glob("*.geojson"))
@@ -152,6 +157,6 @@ def test_heatmap_command_from_scores_and_from_features(small_demo, tmp_path):
     r = CliRunner().invoke(main, ["heatmap", str(stores), "--checkpoint", str(small_demo.checkpoint),
                                   "--model", "again", "--out", str(tmp_path / "b"), "--format", "png"])
     assert r.exit_code == 0, r.output
-    assert len(list((tmp_path / "b").glob("*.heatmap.png"))) == 4
-    first = SlideStore.open(next(stores.glob("*.zarr")))
-    assert np.allclose(first.read_scores("again"), first.read_scores("model"), atol=1e-6)
+    assert len(list((tmp_path / "b").glob("*.heatmap.png"))) == 10
+    test_store = SlideStore.open(stores / f"{next(iter(small_demo.outputs))}.zarr")
+    assert np.allclose(test_store.read_scores("again"), test_store.read_scores("bench"), atol=1e-6)
