@@ -56,10 +56,15 @@ def _from_manifest(path: Path) -> list[SlideInput]:
             label = row.get("label")
             ann = (row.get("annotation") or "").strip()
             mpp = (row.get("mpp") or "").strip()
+            given_id = (row.get("slide_id") or "").strip()
+            if given_id and slide_id_from_path(f"{given_id}.id") != given_id:
+                # Ids name files in the output folder: nothing that could climb out of it or hide there.
+                raise ConfigError(f"{path}, line {i}: slide_id {given_id!r} is not a safe file name; use letters, "
+                                  "digits, '.', '_' and '-' (not starting with '.')")
             try:
                 out.append(SlideInput(
                     path=p,
-                    slide_id=(row.get("slide_id") or "").strip() or slide_id_from_path(p),
+                    slide_id=given_id or slide_id_from_path(p),
                     label=int(float(label)) if label not in (None, "") else None,
                     split=(row.get("split") or row.get("fold") or "").strip() or None,
                     annotation=(Path(ann) if Path(ann).is_absolute() else base / ann) if ann else None,

@@ -352,6 +352,35 @@ def heatmap(stores, out, model_name, checkpoint, fmt, threshold, column):
     _exit_for(outcomes)
 
 
+# ---------------------------------------------------------------------------------------------------- status
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def status(folder, as_json):
+    """What FOLDER (a folder of stores) holds per slide, and what its run records say (counts, failures)."""
+    from ..pipeline import folder_status
+
+    st = folder_status(folder)
+    if as_json:
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    t = Table(title=f"{len(st['stores'])} store(s) in {folder}")
+    for c in ("slide", "tiles", "patches", "features", "scores", "status"):
+        t.add_column(c, overflow="fold")
+    for s in st["stores"]:
+        if "error" in s:
+            t.add_row(s["slide_id"], "", "", "", "", f"[red]{s['error']}[/red]")
+            continue
+        t.add_row(s["slide_id"], str(s["tiles"]), "yes" if s["patches"] else "no", ", ".join(s["features"]) or "-",
+                  ", ".join(s["scores"]) or "-", ", ".join(f"{k}: {v}" for k, v in s["status"].items()))
+    out.print(t)
+    for stage, r in st["runs"].items():
+        counts = ", ".join(f"{k} {v}" for k, v in r.get("counts", {}).items())
+        out.print(f"run {stage}: {counts} (finished {r.get('finished')})")
+        for f in r.get("failed", []):
+            err.print(f"  [red]✗[/red] {f['slide_id']}: {f['error']}")
+
+
 # ---------------------------------------------------------------------------------------------------- evaluate
 @main.group()
 def evaluate():

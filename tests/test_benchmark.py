@@ -51,6 +51,11 @@ def test_bench_reports_auc_froc_and_resumes(dataset, tmp_path):
     assert embeds["counts"] == {"ok": 0, "skipped": 10, "failed": 0}
     assert ckpt.stat().st_mtime_ns == mtime, "training ran again"
     assert json.loads((out / "bench.json").read_text())["metrics"]["auc"] == record["metrics"]["auc"]
+    st = CliRunner().invoke(main, ["status", str(out / "stores"), "--json"])
+    assert st.exit_code == 0, st.output
+    status = json.loads(st.output)
+    assert len(status["stores"]) == 10 and all(s["features"] == ["handcrafted"] for s in status["stores"])
+    assert status["runs"]["tile"]["counts"]["skipped"] == 10
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from slidestream.batch import collect_inputs
 from slidestream.cli.main import main
 from slidestream.demo import DemoConfig, run_demo
+from slidestream.errors import ConfigError
 from slidestream.pipeline import tile_batch
 from slidestream.tiling.grid import TilingParams
 from slidestream.tiling.store import SlideStore
@@ -124,6 +125,11 @@ def test_collect_inputs_dedupes_and_never_merges_different_files(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("slide,label,split,site\na/slide.svs,1,train,X\n")
     (it,) = collect_inputs([manifest])
+    bad = tmp_path / "bad.csv"
+    for evil in ("../escape", "a/b", ".hidden"):
+        bad.write_text(f"slide,slide_id\na/slide.svs,{evil}\n")
+        with pytest.raises(ConfigError, match="not a safe file name"):
+            collect_inputs([bad])
     assert it.label == 1 and it.split == "train" and it.meta == {"site": "X"} and it.path == tmp_path / "a/slide.svs"
 
 
