@@ -573,3 +573,52 @@ def folder_status(out_dir: str | os.PathLike) -> dict:
                        if s.get("status") == "failed"],
         }
     return {"stores": stores, "runs": runs}
+
+
+# ---------------------------------------------------------------------------------------------------- predict
+@dataclass
+class PredictSummary:
+    predictions_csv: Path
+    rows: list[dict]
+    metrics: dict | None
+    by_group: dict | None
+    metrics_json: Path | None
+    outcomes: list[SlideOutcome]
+
+
+def predict_batch(inputs: list[SlideInput], stores_dir: str | os.PathLike, checkpoint: str | os.PathLike,
+                  out_dir: str | os.PathLike, *, threshold: float = 0.5, stratify: str | None = None,
+                  seed: int = 0, reporter: Reporter | None = None) -> PredictSummary:
+    """Predict embedded slides with a checkpoint: predictions CSV, per-tile scores in the stores and, when the
+    inputs carry labels, metrics (AUC with bootstrap CI, balanced accuracy, sensitivity/specificity at
+    ``threshold``, Brier, ECE) with ROC and reliability plots, optionally per value of a metadata column."""
+    from .batch import write_json_atomic
+    from .errors import ConfigError
+    from .mil import metrics_by_group, plot_reliability, plot_roc
+    from .mil.metrics import binary_metrics
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = store_paths(stores_dir, [it.slide_id for it in inputs])
+    rows, outcomes = predict_stores(paths, checkpoint, model_name=Path(checkpoint).name, reporter=reporter)
+    by_id = {it.slide_id: it for it in inputs}
+    for r in rows:
+        it = by_id[r["slide_id"]]
+        r.update({"slide": str(it.path), "label": it.label, **it.meta})
+        r["prediction"] = int(r["calibrated_probability"] >= threshold)
+    csv_path = write_predictions_csv(out_dir / "predictions.csv", rows)
+    labelled = [r for r in rows if r["label"] is not None]
+    metrics = groups = json_path = None
+    if labelled:
+        y = np.array([r["label"] for r in labelled])
+        p = np.array([r["calibrated_probability"] for r in labelled])
+        metrics = binary_metrics(y, p, threshold=threshold, seed=seed)
+        plot_roc(y, p, out_dir / "roc.png", seed=seed)
+        plot_reliability(y, p, out_dir / "reliability.png")
+        if stratify:
+            if any(stratify not in r for r in labelled):
+                raise ConfigError(f"--by {stratify}: not a column of the manifest")
+            groups = metrics_by_group(y, p, [r[stratify] for r in labelled], threshold=threshold, seed=seed)
+        json_path = write_json_atomic(out_dir / "metrics.json", {"overall": metrics, "by": stratify,
+                                                                 "groups": groups})
+    return PredictSummary(csv_path, rows, metrics, groups, json_path, outcomes)

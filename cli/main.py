@@ -292,6 +292,38 @@ def train(manifest, stores, encoder, out, head, folds, epochs, lr, seed, device)
     click.echo(f"checkpoint: {summary.checkpoint}")
 
 
+# ---------------------------------------------------------------------------------------------------- predict
+@main.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--stores", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of slide stores embedded with the checkpoint's encoder.")
+@click.option("--model", "checkpoint", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--threshold", default=0.5, show_default=True, help="Decision threshold on calibrated probability.")
+@click.option("--by", "stratify", default=None, help="Also report metrics per value of this manifest column "
+              "(site, scanner …).")
+def predict(manifest, stores, checkpoint, out, threshold, stratify):
+    """Predict the slides of MANIFEST from their stores' features: predictions.csv, per-tile scores in the stores
+    and, with labels, metrics.json (AUC + 95 % CI, balanced accuracy, sensitivity, specificity, Brier, ECE),
+    roc.png and reliability.png."""
+    from ..batch import collect_inputs
+    from ..pipeline import predict_batch
+
+    res = predict_batch(collect_inputs([manifest]), stores, checkpoint, out, threshold=threshold,
+                        stratify=stratify, reporter=RichReporter(err))
+    _print_predictions(res.rows)
+    m = res.metrics
+    if m:
+        click.echo(f"AUC {m['auc']:.3f} (95% CI {m['auc_ci_low']:.3f}–{m['auc_ci_high']:.3f}), balanced accuracy "
+                   f"{m['balanced_accuracy']:.3f}, sensitivity {m['sensitivity']:.3f}, specificity "
+                   f"{m['specificity']:.3f}, Brier {m['brier']:.3f}, ECE {m['ece']:.3f}")
+        for g, gm in (res.by_group or {}).items():
+            click.echo(f"  {stratify}={g}: n {gm['n']}, AUC {gm['auc']:.3f}, balanced accuracy "
+                       f"{gm['balanced_accuracy']:.3f}")
+    click.echo(f"predictions: {res.predictions_csv}")
+    _exit_for(res.outcomes)
+
+
 # ---------------------------------------------------------------------------------------------------- run
 @main.command()
 @click.argument("slides", nargs=-1, required=True)

@@ -166,3 +166,30 @@ def test_heatmap_command_from_scores_and_from_features(small_demo, tmp_path):
     assert len(list((tmp_path / "b").glob("*.heatmap.png"))) == 10
     test_store = SlideStore.open(stores / f"{next(iter(small_demo.outputs))}.zarr")
     assert np.allclose(test_store.read_scores("again"), test_store.read_scores("bench"), atol=1e-6)
+
+
+def test_train_and_predict_commands_with_stratified_metrics(small_demo, tmp_path):
+    slides = small_demo.out_dir / "slides"
+    rows = list(csv.DictReader(open(slides / "labels.csv")))
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slide", "label", "site"])
+        for i, r in enumerate(rows):
+            w.writerow([str(slides / r["slide"]), r["label"], "A" if i % 2 else "B"])
+    stores = small_demo.out_dir / "stores"
+    ckpt = tmp_path / "ckpt"
+    r = CliRunner().invoke(main, ["train", str(manifest), "--stores", str(stores), "--encoder", "handcrafted",
+                                  "--out", str(ckpt), "--folds", "2", "--epochs", "10"])
+    assert r.exit_code == 0, r.output
+    assert "out-of-fold AUC" in r.output and (ckpt / "model.safetensors").is_file()
+    r = CliRunner().invoke(main, ["predict", str(manifest), "--stores", str(stores), "--model", str(ckpt),
+                                  "--out", str(tmp_path / "pred"), "--by", "site"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "pred" / "metrics.json").read_text())
+    assert metrics["overall"]["n"] == 10 and set(metrics["groups"]) == {"A", "B"}
+    assert metrics["overall"]["auc"] >= 0.75
+    for png in ("roc.png", "reliability.png"):
+        assert (tmp_path / "pred" / png).read_bytes()[:4] == b"\x89PNG"
+    preds = list(csv.DictReader(open(tmp_path / "pred" / "predictions.csv")))
+    assert {p["site"] for p in preds} == {"A", "B"} and all(p["prediction"] in ("0", "1") for p in preds)
