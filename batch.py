@@ -7,12 +7,14 @@ recorded with its reason and reported at the end.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import hashlib
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import __version__
-from .errors import ConfigError
+from .errors import ConfigError, SlidestreamError
 from .wsi.slide import slide_id_from_path
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm",
@@ -180,3 +182,62 @@ def write_run_record(out_dir: str | os.PathLike, stage: str, outcomes: list[Slid
         "slides": [asdict(o) for o in outcomes],
     }
     return write_json_atomic(Path(out_dir) / f"run-{stage}.json", payload)
+
+
+class SlideLockedError(SlidestreamError):
+    """Another live process holds a slide's lock for longer than we were willing to wait."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def slide_lock(out_dir: str | os.PathLike, slide_id: str, *, wait: float = 3600.0, poll: float = 0.2,
+               stale_after: float = 24 * 3600.0):
+    """Hold ``<out_dir>/.locks/<slide_id>.lock`` while working on one slide's store.
+
+    The lock file is created with O_EXCL, so of two runs on one output folder only one works on a slide at a time;
+    the other waits (up to ``wait`` seconds) and then finds the work done. A lock left by a process that died is
+    recognised (same host and its pid is gone, or older than ``stale_after``) and taken over. The lock is released
+    in ``finally``, also on errors and Ctrl-C.
+    """
+    lock_dir = Path(out_dir) / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / f"{slide_id}.lock"
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            stale = (holder.get("host") == me["host"] and isinstance(holder.get("pid"), int)
+                     and not _pid_alive(holder["pid"])) or time.time() - holder.get("since", time.time()) > stale_after
+            if stale:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            if time.monotonic() > deadline:
+                raise SlideLockedError(
+                    f"{slide_id}: in use by pid {holder.get('pid')} on {holder.get('host')} (lock {path}); if no "
+                    "other run is active, delete the lock file") from None
+            time.sleep(poll)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

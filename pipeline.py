@@ -17,7 +17,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from .batch import SlideInput, SlideOutcome, write_run_record
+from .batch import SlideInput, SlideOutcome, slide_lock, write_run_record
 from .errors import SlidestreamError, StoreError
 from .tiling.grid import TilingParams
 from .tiling.store import SlideStore
@@ -121,7 +121,7 @@ def tile_batch(
     out_dir = Path(out_dir)
 
     def one(it: SlideInput) -> dict:
-        with reporter.task(f"tile {it.slide_id}", None) as t:
+        with slide_lock(out_dir, it.slide_id), reporter.task(f"tile {it.slide_id}", None) as t:
             res: TileResult = tile_slide(it.path, out_dir, params, mpp=it.mpp, save_patches=save_patches,
                                          overwrite=overwrite, workers=workers, scheduler=scheduler,
                                          stain=make_normalizer(stain, stain_reference), slide_id=it.slide_id,
@@ -168,6 +168,10 @@ def embed_batch(
                      f"({encoder.weights_source}); its features are not meaningful for diagnosis")
 
     def one(path: Path) -> dict:
+        with slide_lock(path.parent, path.name.removesuffix(".zarr")):
+            return embed_one(path)
+
+    def embed_one(path: Path) -> dict:
         store = SlideStore.open(path, mode="r+")
         if store.status.get("tiling") != "complete":
             raise StoreError(f"{path}: tiling is not complete; rerun `slidestream tile` first")
