@@ -153,10 +153,16 @@ def embed_batch(
     device: str = "cpu",
     batch_size: int | None = None,
     overwrite: bool = False,
+    stain: str | None = None,
+    stain_reference: str | None = None,
     reporter: Reporter | None = None,
     encoder=None,
 ) -> list[SlideOutcome]:
-    """Embed the tiles of every store with one encoder (created once) into ``features/<encoder>``."""
+    """Embed the tiles of every store with one encoder (created once) into ``features/<encoder>``.
+
+    ``stain`` normalises tiles on the encoder's device on the fly, with the source stain estimated once per slide
+    from an evenly spread sample of its tiles (for stores whose patches were not normalised at tiling).
+    """
     from .models import create_encoder
     from .models.embed import embed_store
 
@@ -175,8 +181,23 @@ def embed_batch(
         store = SlideStore.open(path, mode="r+")
         if store.status.get("tiling") != "complete":
             raise StoreError(f"{path}: tiling is not complete; rerun `slidestream tile` first")
+        norm = make_normalizer(stain, stain_reference)
+        if norm is not None and store.n_tiles:
+            idx = np.unique(np.linspace(0, store.n_tiles - 1, min(store.n_tiles, 64)).round().astype(int))
+            if store.has_patches and store.is_complete("patches"):
+                sample = store.patches.get_orthogonal_selection((idx,))
+            else:
+                from .tiling.grid import ReadPlan
+                from .tiling.tiler import read_tile
+                from .wsi.slide import open_slide
+
+                t_ = store.tiling
+                plan = ReadPlan(t_["level"], t_["read_size"], t_["tile_size"], t_["extent0"], 0.0)
+                with open_slide(store.slide["path"]) as slide:
+                    sample = np.stack([read_tile(slide, xy, plan) for xy in store.coords[idx]])
+            norm.fit_source(sample)
         with reporter.task(f"embed {store.slide_id}", store.n_tiles) as t:
-            res = embed_store(store, encoder, batch_size=batch_size, overwrite=overwrite,
+            res = embed_store(store, encoder, batch_size=batch_size, overwrite=overwrite, stain=norm,
                               progress=lambda d, n: t.update(d, n))
         status = "skipped" if res.chunks_written == 0 else "ok"
         return {"tiles": res.n_tiles, "patches_per_s": round(res.patches_per_s, 1), "_status": status}
@@ -185,7 +206,8 @@ def embed_batch(
                              path=str)
     if stores:
         write_run_record(stores[0].parent, "embed", outcomes,
-                         {"encoder": encoder_name, "weights": encoder.weights_source, "device": device})
+                         {"encoder": encoder_name, "weights": encoder.weights_source, "device": device,
+                          "stain": stain, "stain_reference": stain_reference})
     return outcomes
 
 

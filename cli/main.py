@@ -228,13 +228,19 @@ def _stores_from(args) -> list[Path]:
                    "(random init, marked in the store).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 …")
 @click.option("--batch-size", type=int, default=None, help="Forward batch (default: one store chunk).")
+@click.option("--stain", type=click.Choice(["none", "macenko", "reinhard", "vahadane"]), default="none",
+              show_default=True, help="Normalise tiles on the device before the encoder (stain estimated once per "
+                                      "slide); for stores whose patches were not normalised at tiling.")
+@click.option("--stain-reference", default="default", show_default=True,
+              help="Target stain: an RGB image file, or 'default' (a standard H&E reference).")
 @click.option("--overwrite", is_flag=True, help="Recompute existing features.")
-def embed(stores, encoder, weights, device, batch_size, overwrite):
+def embed(stores, encoder, weights, device, batch_size, stain, stain_reference, overwrite):
     """Embed the tiles of STORES (store paths or folders of stores) into features/<encoder>."""
     from ..pipeline import embed_batch
 
     outcomes = embed_batch(_stores_from(stores), encoder, weights=weights, device=device, batch_size=batch_size,
-                           overwrite=overwrite, reporter=RichReporter(err))
+                           overwrite=overwrite, stain=None if stain == "none" else stain,
+                           stain_reference=stain_reference, reporter=RichReporter(err))
     _summary_table(f"embedding ({encoder})", outcomes, ["tiles", "patches_per_s"])
     _exit_for(outcomes)
 

@@ -193,3 +193,18 @@ def test_train_and_predict_commands_with_stratified_metrics(small_demo, tmp_path
         assert (tmp_path / "pred" / png).read_bytes()[:4] == b"\x89PNG"
     preds = list(csv.DictReader(open(tmp_path / "pred" / "predictions.csv")))
     assert {p["site"] for p in preds} == {"A", "B"} and all(p["prediction"] in ("0", "1") for p in preds)
+
+
+def test_embed_with_stain_normalisation_on_the_fly(small_demo, tmp_path):
+    sid = next(iter(small_demo.outputs))
+    src = small_demo.out_dir / "stores" / f"{sid}.zarr"
+    copy = tmp_path / f"{sid}.zarr"
+    shutil.copytree(src, copy)
+    before = SlideStore.open(copy).read_features("handcrafted")
+    r = CliRunner().invoke(main, ["embed", str(copy), "--encoder", "handcrafted", "--stain", "macenko",
+                                  "--overwrite"])
+    assert r.exit_code == 0, r.output
+    store = SlideStore.open(copy)
+    after = store.read_features("handcrafted")
+    assert after.shape == before.shape and not np.allclose(after, before)
+    assert "macenko" in json.dumps(dict(store.group["features/handcrafted"].attrs))
