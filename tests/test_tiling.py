@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
+import openslide
 import pytest
-
+import zarr
 from slidestream.errors import ConfigError, StoreError
+from slidestream.tiling.codecs import JpegTileCodec, merge_jpeg_tables
 from slidestream.tiling.grid import TilingParams, grid_coords, plan_reads, tissue_fractions
+from slidestream.tiling.regions import roi_from_file, write_tissue_geojson
 from slidestream.tiling.store import SlideStore
-from slidestream.tiling.tiler import tile_slide, tissue_polygons
+from slidestream.tiling.stored import jpeg_passthrough, reduced_read
+from slidestream.tiling.tiler import read_tile, tile_slide, tissue_polygons
 from slidestream.tiling.tissue import mask_to_polygons, pen_mask, segment_tissue
+from slidestream.wsi.qupath import check_qupath_geojson
 from slidestream.wsi.slide import open_slide
+from slidestream.wsi.synth import SynthConfig, write_synthetic_slide
 
 
 # ---------------------------------------------------------------------------------------------------- tissue
@@ -182,3 +189,194 @@ def test_changed_parameters_or_slide_are_refused(cmu_slide, tmp_path):
     copy.write_bytes(bytes(data))
     with pytest.raises(StoreError, match="different slide"):
         tile_slide(copy, tmp_path / "out2", TilingParams(mpp=0.5))
+
+
+# ---------------------------------------------------------------------------------------------------- fast paths
+NATIVE = TilingParams(mpp=0.25, tile_size=256)
+
+
+@pytest.fixture(scope="module")
+def synth40(tmp_path_factory):
+    """A 40x synthetic SVS (YCbCr JPEG tiles of 256 px, no shared tables)."""
+    path = tmp_path_factory.mktemp("synth40") / "s40.svs"
+    write_synthetic_slide(path, SynthConfig(width=4096, height=3072, mpp=0.25, seed=5))
+    return path
+
+
+def _slide_reads(path, store, mpp=None):
+    plan_args = store.tiling
+    with open_slide(path, mpp=mpp) as slide:
+        plan = plan_reads(TilingParams(mpp=plan_args["mpp"], tile_size=plan_args["tile_size"],
+                                       overlap=plan_args["overlap"]), slide.mpp, tuple(slide.level_downsamples))
+        return np.stack([read_tile(slide, xy, plan) for xy in store.coords])
+
+
+def _openslide_reads(path, store):
+    size = store.tiling["read_size"]
+    with openslide.OpenSlide(str(path)) as osr:
+        return np.stack([np.asarray(osr.read_region((int(x), int(y)), store.tiling["level"], (size, size))
+                                    .convert("RGB")) for x, y in store.coords])
+
+
+def test_native_grid_keeps_the_slides_own_jpeg_tiles(synth40, tmp_path):
+    res = tile_slide(synth40, tmp_path / "jpeg", NATIVE, chunk_tiles=16)
+    store = SlideStore.open(res.store)
+    assert store.patch_encoding["name"] == "jpeg" and res.extra["patch_encoding"] == "jpeg"
+    assert store.n_tiles > 40 and len(store.chunk_slices()) == -(-store.n_tiles // 16)
+    patches = store.patches[...]
+    assert patches.dtype == np.uint8 and patches.shape[1:] == (256, 256, 3)
+    assert store.patches[3].shape == (256, 256, 3)
+    # the stored bytes decode to exactly what reading the slide gives, and to OpenSlide's pixels within 1 level
+    assert np.array_equal(patches, _slide_reads(synth40, store))
+    assert np.abs(patches.astype(int) - _openslide_reads(synth40, store)).mean() <= 1
+    # one shard file per chunk, each smaller than its decoded tiles by far
+    shards = sorted((store.path / "patches" / "c").rglob("*"))
+    shard_files = [f for f in shards if f.is_file()]
+    assert len(shard_files) == len(store.chunk_slices())
+    assert sum(f.stat().st_size for f in shard_files) < patches.nbytes / 5
+    # the same tiles decoded and stored as pixels are the same pixels, with the same QC
+    pixels = SlideStore.open(tile_slide(synth40, tmp_path / "px", NATIVE, chunk_tiles=16, passthrough=False).store)
+    assert pixels.patch_encoding["name"] == "pixels"
+    assert np.array_equal(pixels.patches[...], patches)
+    for k in ("qc/white", "qc/sharpness", "qc/flags"):
+        assert np.array_equal(pixels.group[k][...], store.group[k][...]), k
+    assert (store.group["qc/sharpness"][...] > 0).all()
+
+
+def test_real_aperio_rgb_jpeg_with_shared_tables_passes_through(cmu_slide, tmp_path):
+    # CMU-1 stores "RGB" JPEG (no colour transform) with JPEGTables: both must be honoured.
+    params = TilingParams(mpp=0.499, tile_size=240, min_tissue=0.25)
+    store = SlideStore.open(tile_slide(cmu_slide, tmp_path, params).store)
+    enc = store.patch_encoding
+    assert enc["name"] == "jpeg" and enc["colorspace"] == 2
+    patches = store.patches[...]
+    assert len(patches) > 20
+    assert np.array_equal(patches, _slide_reads(cmu_slide, store))
+    assert np.abs(patches.astype(int) - _openslide_reads(cmu_slide, store)).mean() <= 1
+    # pixels written through Zarr are encoded in the store's JPEG colour space, so they read back in colour
+    writable = SlideStore.open(store.path, mode="r+")
+    writable.patches[0] = patches[1]
+    assert np.abs(writable.patches[0].astype(int) - patches[1]).mean() < 3
+
+
+def test_grids_off_the_stored_tiles_are_stored_as_pixels(synth40):
+    with open_slide(synth40) as slide:
+        coords = grid_coords(slide.dimensions, plan_reads(NATIVE, 0.25, (1.0,)))
+        ok = jpeg_passthrough(slide, plan_reads(NATIVE, slide.mpp, slide.level_downsamples), coords)
+        assert ok is not None and ok.level == 0
+        shifted = plan_reads(TilingParams(mpp=0.25, tile_size=256, overlap=32), slide.mpp, slide.level_downsamples)
+        assert jpeg_passthrough(slide, shifted, grid_coords(slide.dimensions, shifted)) is None
+        small = plan_reads(TilingParams(mpp=0.25, tile_size=224), slide.mpp, slide.level_downsamples)
+        assert jpeg_passthrough(slide, small, grid_coords(slide.dimensions, small)) is None
+        resized = plan_reads(TilingParams(mpp=0.5, tile_size=128), slide.mpp, slide.level_downsamples)
+        assert jpeg_passthrough(slide, resized, grid_coords(slide.dimensions, resized)) is None
+
+
+def test_reduced_tile_reads_equal_region_reads(synth40, cmu_slide, tmp_path):
+    params = TilingParams(mpp=0.5, tile_size=224)
+    store = SlideStore.open(tile_slide(synth40, tmp_path / "a", params).store)
+    with open_slide(synth40) as slide:
+        spec = reduced_read(slide, plan_reads(params, slide.mpp, slide.level_downsamples), store.coords)
+    assert spec is not None and spec.factor == 2 and spec.jpeg
+    assert store.patch_encoding["name"] == "pixels"
+    assert np.array_equal(store.patches[...], _slide_reads(synth40, store))
+    # real RGB JPEG with shared tables, 2x from the level (MPP overridden so the factor is whole)
+    params = TilingParams(mpp=1.0, tile_size=120, min_tissue=0.25)
+    store = SlideStore.open(tile_slide(cmu_slide, tmp_path / "b", params, mpp=0.5).store)
+    with open_slide(cmu_slide, mpp=0.5) as slide:
+        spec = reduced_read(slide, plan_reads(params, slide.mpp, slide.level_downsamples), store.coords)
+    assert spec is not None and spec.colorspace == 2
+    assert np.array_equal(store.patches[...], _slide_reads(cmu_slide, store, mpp=0.5))
+
+
+def test_resume_of_a_jpeg_store_rewrites_only_missing_shards(synth40, tmp_path):
+    first = tile_slide(synth40, tmp_path, NATIVE, chunk_tiles=8)
+    store = SlideStore.open(first.store, mode="r+")
+    reference = store.patches[...]
+    n_chunks = len(store.chunk_slices())
+    store.group["done/patches"][2:] = 0
+    for f in (store.path / "patches" / "c").iterdir():
+        if int(f.name) >= 2:
+            shutil.rmtree(f)
+    again = tile_slide(synth40, tmp_path, NATIVE, chunk_tiles=8)
+    assert again.action == "resumed" and again.chunks_written == n_chunks - 2
+    assert np.array_equal(SlideStore.open(first.store).patches[...], reference)
+    with pytest.raises(StoreError, match="other parameters"):
+        tile_slide(synth40, tmp_path, NATIVE, chunk_tiles=8, passthrough=False)
+
+
+def test_jpeg_shards_are_checked_and_pixels_can_still_be_written(synth40, tmp_path):
+    store = SlideStore.open(tile_slide(synth40, tmp_path, NATIVE, chunk_tiles=16).store, mode="r+")
+    shard = store.path / "patches" / "c" / "0" / "0" / "0" / "0"  # tiles 0-15
+    data = bytearray(shard.read_bytes())
+    data[-6] ^= 0xFF  # inside the shard index: its CRC32C no longer matches
+    shard.write_bytes(bytes(data))
+    fresh = SlideStore.open(store.path)
+    with pytest.raises(ValueError, match="checksum"):
+        fresh.patches[0]
+    # writing pixels through Zarr encodes them as JPEG (lossy): close, not equal
+    tile = np.full((256, 256, 3), (200, 120, 180), np.uint8)
+    fresh = SlideStore.open(store.path, mode="r+")
+    fresh.patches[20] = tile
+    assert np.abs(fresh.patches[20].astype(int) - tile).max() <= 3
+    with pytest.raises(StoreError, match="holds"):
+        fresh.write_jpeg_shard(0, [b"\xff\xd8\xff\xd9"])
+
+
+def test_merge_jpeg_tables_and_codec_round_trip():
+    import imagecodecs
+
+    yy, xx = np.mgrid[:64, :64]
+    # smooth, like stained tissue at this scale (noise would lose its colour detail to chroma subsampling)
+    tile = np.stack([150 + 60 * np.sin(xx / 9), 100 + 50 * np.cos(yy / 7), 170 + 30 * np.sin((xx + yy) / 11)],
+                    axis=-1).astype(np.uint8)
+    full = imagecodecs.jpeg8_encode(tile, level=90)
+    assert merge_jpeg_tables(full, None) is full
+    with pytest.raises(ValueError, match="SOI"):
+        merge_jpeg_tables(b"junk", b"\xff\xd8\xff\xd9")
+    codec = JpegTileCodec(colorspace=None, outcolorspace=2, level=95)
+    assert JpegTileCodec.from_dict(codec.to_dict()) == codec
+    g = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3)
+    arr = g.create_array("p", shape=(3, 64, 64, 3), dtype="uint8", chunks=(1, 64, 64, 3), serializer=codec,
+                         compressors=None, fill_value=255)
+    arr[1] = tile
+    back = arr[1]
+    assert back.dtype == np.uint8 and np.abs(back.astype(int) - tile).mean() < 2
+    assert (arr[0] == 255).all()  # never written: the fill value
+
+
+def test_raw_chunk_writes_refuse_compressed_arrays(tmp_path):
+    store = _toy_store(tmp_path)
+    with pytest.raises(StoreError, match="uncompressed"):
+        store.write_raw_chunk("tissue", 0, np.ones(3))
+    store.write_pixel_chunk(2, np.full((2, 8, 8, 3), 9, np.uint8))  # the last, partial chunk
+    store.mark_done("patches", 2)
+    again = SlideStore.open(store.path)
+    assert (again.patches[8:] == 9).all() and (again.patches[:8] == 255).all()
+    assert again.done_chunks().tolist() == [False, False, True]
+
+
+# ---------------------------------------------------------------------------------------------------- regions
+def test_tissue_outline_exports_to_qupath_and_reads_back_as_roi(cmu_slide, tmp_path):
+    store = SlideStore.open(tile_slide(cmu_slide, tmp_path, TilingParams(), save_patches=False).store)
+    path = write_tissue_geojson(store, tmp_path / "tissue.geojson")
+    doc = json.loads(path.read_text())
+    assert check_qupath_geojson(doc) == []
+    props = doc["features"][0]["properties"]
+    assert props["classification"]["name"] == "Tissue" and props["measurements"]["Area µm^2"] > 1e5
+    roi = roi_from_file(path)
+    tissue = tissue_polygons(store)
+    assert roi.is_valid and roi.symmetric_difference(tissue).area < 0.01 * tissue.area
+    inside = tile_slide(cmu_slide, tmp_path / "roi", TilingParams(), save_patches=False, roi=roi)
+    assert 0 < inside.n_tiles <= store.n_tiles
+
+
+def test_roi_from_file_needs_areas(shared_data):
+    qupath = shared_data / "annotations" / "qupath-0.2-export"
+    assert roi_from_file(qupath / "qupath-rectangle.json").area > 0
+    with pytest.raises(ConfigError, match="no area annotation"):
+        roi_from_file(qupath / "qupath-point.json")
+    with pytest.raises(ConfigError, match="of class Stroma"):
+        roi_from_file(qupath / "qupath-rectangle.json", classes=["Stroma"])
+    lesions = roi_from_file(shared_data / "annotations" / "camelyon16-asap" / "tumor_009.xml")
+    assert lesions.is_valid and len(lesions.geoms) >= 1

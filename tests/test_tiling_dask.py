@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 from shapely.geometry import box
-
 from slidestream.tiling.grid import TilingParams
 from slidestream.tiling.qc import FLAG_BLANK, FLAG_BLURRED, tile_qc
 from slidestream.tiling.store import SlideStore
@@ -53,7 +52,7 @@ def test_qc_flags_blank_and_blurred_tiles():
 def test_threads_and_distributed_cluster_give_identical_stores(synth_slide, tmp_path):
     distributed = pytest.importorskip("distributed")
     local = tile_slide(synth_slide, tmp_path / "local", PARAMS, workers=2, chunk_tiles=16)
-    assert local.n_tiles > 50
+    assert local.n_tiles > 40  # a graph of several chunks per worker
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster:
         remote = tile_slide(synth_slide, tmp_path / "cluster", PARAMS, scheduler=cluster.scheduler_address,

@@ -1,11 +1,36 @@
 """Tissue segmentation, tile grids, the per-slide Zarr store and the tiler that fills it."""
 
+from .codecs import JpegTileCodec
 from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
-from .store import SlideStore
+from .qc import QCConfig, tile_qc, tile_stats
+from .regions import roi_from_file, write_tissue_geojson
+from .store import JpegTiles, SlideStore
+from .stored import jpeg_passthrough, reduced_read
 from .tiler import TileResult, tile_slide, tissue_mask, tissue_polygons
 from .tissue import TissueConfig, mask_to_polygons, pen_mask, segment_tissue
 
 __all__ = [
-    "ReadPlan", "TilingParams", "grid_coords", "plan_reads", "tissue_fractions", "SlideStore", "TileResult",
-    "tile_slide", "tissue_mask", "tissue_polygons", "TissueConfig", "mask_to_polygons", "pen_mask", "segment_tissue",
+    "JpegTileCodec",
+    "JpegTiles",
+    "QCConfig",
+    "ReadPlan",
+    "SlideStore",
+    "TileResult",
+    "TilingParams",
+    "TissueConfig",
+    "grid_coords",
+    "jpeg_passthrough",
+    "mask_to_polygons",
+    "pen_mask",
+    "plan_reads",
+    "reduced_read",
+    "roi_from_file",
+    "segment_tissue",
+    "tile_qc",
+    "tile_slide",
+    "tile_stats",
+    "tissue_fractions",
+    "tissue_mask",
+    "tissue_polygons",
+    "write_tissue_geojson",
 ]

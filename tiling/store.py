@@ -9,13 +9,21 @@ Layout of ``<out>/<slide_id>.zarr`` (a Zarr v3 group)::
     attrs["status"]        per-stage status: {"tiling": "complete", "features/handcrafted": "complete", ...}
     coords                 int64 (N, 2)   level-0 x, y of each tile's top-left corner
     tissue                 float32 (N,)   fraction of the tile covered by tissue
-    patches                uint8 (N, S, S, 3), chunked by tiles (optional)
+    patches                uint8 (N, S, S, 3), chunked by tiles (optional); attrs["encoding"] says how
     features/<encoder>     float16/float32 (N, D), attrs: preset, weights, normalisation
     scores/<model>         float32 (N, K) per-tile attention / instance scores
     done/<array path>      uint8 (n_chunks,): 1 where a chunk of that array is completely written
 
-Chunks are written whole and marked done only afterwards, so an interrupted run resumes from the first chunk not
-marked and never trusts a half-written one. Zarr's local store writes each chunk file atomically (temp + rename).
+``patches`` comes in one of two encodings, both read as uint8 ``(S, S, 3)`` tiles:
+
+- ``"pixels"``: chunks of ``chunk_tiles`` tiles, Blosc lz4 (lossless). Used whenever tiles are resized, cut
+  across the slide's stored tiles, or stain-normalised.
+- ``"jpeg"``: the slide's own JPEG tiles, not re-encoded, one Zarr chunk per tile inside shards of ``chunk_tiles``
+  tiles (:mod:`slidestream.tiling.codecs`). Used when the grid is a pyramid level's own tile grid; the pixels
+  are exactly what reading the slide gives, and storing costs no decode-encode round trip.
+
+Chunks (shards) are written whole and marked done only afterwards, so an interrupted run resumes from the first
+chunk not marked and never trusts a half-written one. Every chunk file is written atomically (temp + rename).
 """
 
 from __future__ import annotations
@@ -24,27 +32,68 @@ import json
 import math
 import os
 import shutil
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import google_crc32c  # a dependency of zarr (its crc32c codec)
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 
 from .. import __version__
 from ..errors import StoreError
+from .codecs import JpegTileCodec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_CHUNK_TILES = 64
-# lz4 at a low level: patches of H&E compress poorly (~1.2x with zstd, shared/docs/perf-baselines.md), so spend as
-# little CPU as possible on it while still shrinking the white background.
+# Lossless patches: lz4 at a low level. Measured with bench/tile.py on real H&E (CMU-1-Small-Region, 224 px
+# tiles, one thread): lz4 1.26x smaller for ~0.06 ms/tile, zstd-1 1.32x for ~0.33 ms/tile, no compression
+# ~0.06 ms/tile to write. lz4 saves a fifth of the disk for about the cost of the write itself.
 PATCH_COMPRESSOR = {"name": "blosc", "cname": "lz4", "clevel": 1, "shuffle": "noshuffle"}
+PIXEL_ENCODING = {
+    "name": "pixels",
+    "compressor": PATCH_COMPRESSOR,
+    "chosen_by": "bench/tile.py --codecs (real H&E, 224 px): lz4 1.26x smaller at ~0.06 ms/tile; zstd-1 1.32x "
+                 "at ~0.33 ms/tile; JPEG would be lossy",
+}
+_MAX_UINT64 = 2**64 - 1
 
 
 def _patch_codec() -> BloscCodec:
     return BloscCodec(cname=PATCH_COMPRESSOR["cname"], clevel=PATCH_COMPRESSOR["clevel"],
                       shuffle=PATCH_COMPRESSOR["shuffle"])
+
+
+@dataclass(frozen=True)
+class JpegTiles:
+    """How the slide's own JPEG tiles are kept in ``patches`` (the ``"jpeg"`` encoding).
+
+    Attributes
+    ----------
+    level : int
+        Pyramid level the tiles are copied from.
+    colorspace, outcolorspace : int, str or None
+        JPEG colour space of the slide's tiles and the one to decode to (see
+        :class:`~slidestream.tiling.codecs.JpegTileCodec`), as the slide's TIFF tags say.
+    """
+
+    level: int
+    colorspace: int | str | None
+    outcolorspace: int | str | None
+
+    def encoding(self) -> dict[str, Any]:
+        return {
+            "name": "jpeg",
+            "level": self.level,
+            "colorspace": self.colorspace,
+            "outcolorspace": self.outcolorspace,
+            "source": "the slide's own JPEG tiles of this level, copied without decoding or re-encoding",
+            "chosen_by": "bench/tile.py: storing decoded tiles cost more than decoding them; kept bytes cost "
+                         "only their copy and read back pixel-identical",
+        }
 
 
 @dataclass(frozen=True)
@@ -56,7 +105,7 @@ class SlideIdentity:
     mtime: float
     fingerprint: str
 
-    def same_content(self, other: "SlideIdentity") -> bool:
+    def same_content(self, other: SlideIdentity) -> bool:
         """True when both describe the same bytes (path and mtime may differ after a copy)."""
         return self.size == other.size and self.fingerprint == other.fingerprint
 
@@ -67,6 +116,8 @@ class SlideStore:
     def __init__(self, path: Path, group: zarr.Group):
         self.path = Path(path)
         self.group = group
+        self._arrays: dict[str, zarr.Array] = {}
+        self._dirs: set[Path] = set()  # chunk folders known to exist
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -83,7 +134,8 @@ class SlideStore:
         stain: dict[str, Any] | None = None,
         overwrite: bool = False,
         extra: Callable[[zarr.Group], None] | None = None,
-    ) -> "SlideStore":
+        jpeg_tiles: JpegTiles | None = None,
+    ) -> SlideStore:
         """Create a store with its tile grid; ``patches`` is created when ``tile_size`` is given.
 
         Parameters
@@ -97,12 +149,15 @@ class SlideStore:
         tile_size : int or None
             Side of the stored patches in pixels; None stores no patches.
         chunk_tiles : int
-            Tiles per chunk of ``patches`` (and of features).
+            Tiles per chunk of ``patches`` (per shard with ``jpeg_tiles``), of its QC arrays and of features.
         overwrite : bool
             Replace an existing store; otherwise an existing store raises :class:`StoreError`.
         extra : callable(group), optional
             Adds more arrays or attributes before the store gets its final name, so they are part of the
             all-or-nothing creation.
+        jpeg_tiles : JpegTiles, optional
+            Make ``patches`` hold the slide's own JPEG tiles (the ``"jpeg"`` encoding, written with
+            :meth:`write_jpeg_shard`); default: lossless pixels.
         """
         path = Path(path)
         if path.exists():
@@ -130,14 +185,23 @@ class SlideStore:
         root.create_array("coords", data=coords, chunks=(max(n, 1), 2))
         root.create_array("tissue", data=tissue, chunks=(max(n, 1),))
         if tile_size is not None:
-            root.create_array(
-                "patches", shape=(n, tile_size, tile_size, 3), dtype="uint8",
-                chunks=(rows, tile_size, tile_size, 3), compressors=_patch_codec(), fill_value=255,
-                attributes={"compressor": PATCH_COMPRESSOR},
-                # Chunks are never all background (they hold tissue tiles): skip zarr's all-fill-value scan.
-                config={"write_empty_chunks": True},
-            )
-            root.create_array("done/patches", shape=(_n_chunks(n, rows),), dtype="uint8", chunks=(1,), fill_value=0)
+            shape = (n, tile_size, tile_size, 3)
+            if jpeg_tiles is not None:
+                root.create_array(
+                    "patches", shape=shape, dtype="uint8", shards=(rows, tile_size, tile_size, 3),
+                    chunks=(1, tile_size, tile_size, 3), compressors=None, fill_value=255,
+                    serializer=JpegTileCodec(colorspace=jpeg_tiles.colorspace, outcolorspace=jpeg_tiles.outcolorspace),
+                    attributes={"encoding": jpeg_tiles.encoding()},
+                )
+            else:
+                root.create_array(
+                    "patches", shape=shape, dtype="uint8", chunks=(rows, tile_size, tile_size, 3),
+                    compressors=_patch_codec(), fill_value=255, attributes={"encoding": PIXEL_ENCODING},
+                    # Chunks are never all background (they hold tissue tiles): skip zarr's all-fill-value scan.
+                    config={"write_empty_chunks": True},
+                )
+            root.create_array("done/patches", shape=(_n_chunks(n, rows),), dtype="uint8", chunks=(1,), fill_value=0,
+                              compressors=None)
         if extra is not None:
             extra(root)
         # Only a complete skeleton gets the final name: a crash above leaves a ".partial" that the next run removes.
@@ -145,7 +209,7 @@ class SlideStore:
         return cls.open(path, mode="r+")
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> "SlideStore":
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> SlideStore:
         """Open an existing store (``mode`` "r" or "r+")."""
         path = Path(path)
         if not (path / "zarr.json").is_file():
@@ -212,10 +276,18 @@ class SlideStore:
         return self.group["patches"]
 
     # ------------------------------------------------------------------ chunk bookkeeping
+    def _array(self, name: str) -> zarr.Array:
+        # Group lookups read metadata from disk each time; a tiling task asks for the same arrays per chunk.
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = self.group[name]
+        return arr
+
     def chunk_slices(self, array: str = "patches") -> list[slice]:
-        """Row slices of the chunks of ``array`` (all arrays share the tile chunking)."""
-        rows = self.group[array].chunks[0]
-        n = self.group[array].shape[0]
+        """Row slices of the chunks of ``array`` (of its shards when sharded; all arrays share the tile chunking)."""
+        arr = self._array(array)
+        rows = _rows(arr)
+        n = arr.shape[0]
         return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
 
     def done_chunks(self, array: str = "patches") -> np.ndarray:
@@ -226,7 +298,11 @@ class SlideStore:
         return self.group[key][...].astype(bool)
 
     def mark_done(self, array: str, chunk_index: int) -> None:
-        self.group[f"done/{array}"][chunk_index] = 1
+        key = f"done/{array}"
+        if _is_raw_1d(self._array(key)):
+            self.write_raw_chunk(key, chunk_index, np.ones(1, np.uint8))
+        else:  # done arrays of stores from before raw chunk writes
+            self._array(key)[chunk_index] = 1
 
     def is_complete(self, array: str) -> bool:
         return array in self.group and bool(self.done_chunks(array).all())
@@ -234,8 +310,103 @@ class SlideStore:
     def write_chunk(self, array: str, chunk_index: int, data: np.ndarray) -> None:
         """Write one whole chunk of ``array`` and mark it done (data first, marker second)."""
         sl = self.chunk_slices(array)[chunk_index]
-        self.group[array][sl] = data
+        self._array(array)[sl] = data
         self.mark_done(array, chunk_index)
+
+    @property
+    def patch_encoding(self) -> dict[str, Any]:
+        """How ``patches`` is stored: ``{"name": "pixels" | "jpeg", ...}`` (see the module docstring)."""
+        return dict(self.patches.attrs.get("encoding", {"name": "pixels"}))
+
+    def write_raw_chunk(self, array: str, chunk_index: int, values: np.ndarray) -> None:
+        """Write chunk ``chunk_index`` of a 1-D, uncompressed array straight to its file (atomically).
+
+        For the small per-chunk arrays the tiler fills (QC values, done markers): Zarr's own write path costs
+        about 1 ms per call, as much as tiling several tiles. The bytes are exactly what Zarr would write: the
+        whole chunk, little-endian, padded with the fill value.
+        """
+        arr = self._array(array)
+        if not _is_raw_1d(arr):
+            raise StoreError(f"{self.path}: {array} is not an uncompressed 1-D array; write it through zarr")
+        rows = arr.chunks[0]
+        values = np.asarray(values)
+        if len(values) > rows:
+            raise StoreError(f"{self.path}: {len(values)} values for a chunk of {rows} in {array}")
+        chunk = np.full(rows, arr.fill_value, dtype=arr.dtype.newbyteorder("<"))
+        chunk[: len(values)] = values
+        self._write_file(arr, (chunk_index,), chunk.tobytes())
+
+    def write_pixel_chunk(self, chunk_index: int, batch: np.ndarray) -> None:
+        """Write chunk ``chunk_index`` of ``"pixels"``-encoded ``patches`` (atomically; :meth:`mark_done` after).
+
+        Compresses the chunk with the array's own Blosc settings and writes the file directly: through Zarr the
+        same write costs several times the compression (chunk assembly copies, event-loop round trips). Arrays
+        with other codecs are written through Zarr.
+
+        Parameters
+        ----------
+        chunk_index : int
+        batch : (n, S, S, 3) uint8 array
+            The chunk's tiles, ``n`` = the length of ``chunk_slices()[chunk_index]``.
+        """
+        arr = self._array("patches")
+        sl = self.chunk_slices("patches")[chunk_index]
+        if len(batch) != sl.stop - sl.start:
+            raise StoreError(f"{self.path}: chunk {chunk_index} holds {sl.stop - sl.start} tiles, got {len(batch)}")
+        blosc = _blosc_of(arr)
+        if blosc is None or arr.shards is not None:
+            arr[sl] = batch
+            return
+        rows = arr.chunks[0]
+        if len(batch) < rows:  # Zarr stores whole chunks: the last one is padded with the fill value
+            pad = np.full((rows - len(batch), *batch.shape[1:]), arr.fill_value, dtype=np.uint8)
+            batch = np.concatenate([batch, pad])
+        data = blosc.encode(np.ascontiguousarray(batch, dtype=np.uint8))
+        self._write_file(arr, (chunk_index, 0, 0, 0), bytes(data))
+
+    def write_jpeg_shard(self, chunk_index: int, tiles: Sequence[bytes]) -> None:
+        """Write shard ``chunk_index`` of ``"jpeg"``-encoded ``patches`` from complete JPEG streams, one per tile.
+
+        The shard file is laid out as Zarr's sharding codec reads it: the tiles' bytes back to back, then the
+        index (offset, length) of each tile as little-endian uint64 and its CRC32C (unused slots of a last,
+        partial shard are marked empty). It is written atomically; :meth:`mark_done` comes after.
+
+        Parameters
+        ----------
+        chunk_index : int
+            Shard number (tiles ``chunk_slices()[chunk_index]``).
+        tiles : sequence of bytes
+            One full JPEG stream per tile of the shard (``merge_jpeg_tables`` of the stored tile).
+        """
+        arr = self._array("patches")
+        _check_jpeg_shards(arr, self.path)
+        sl = self.chunk_slices("patches")[chunk_index]
+        if len(tiles) != sl.stop - sl.start:
+            raise StoreError(f"{self.path}: shard {chunk_index} holds {sl.stop - sl.start} tiles, got {len(tiles)}")
+        rows = _rows(arr)
+        lengths = np.fromiter((len(t) for t in tiles), dtype=np.uint64, count=len(tiles))
+        index = np.full((rows, 2), _MAX_UINT64, dtype="<u8")
+        index[: len(tiles), 1] = lengths
+        index[: len(tiles), 0] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint64)
+        index_bytes = index.tobytes()
+        crc = np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()
+        self._write_file(arr, (chunk_index, 0, 0, 0), b"".join([*tiles, index_bytes, crc]))
+
+    def _write_file(self, arr: zarr.Array, chunk_coords: tuple[int, ...], data: bytes) -> None:
+        target = self.path / arr.path / arr.metadata.encode_chunk_key(chunk_coords)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
+        if target.parent not in self._dirs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(target.parent)
+        try:
+            try:
+                tmp.write_bytes(data)
+            except FileNotFoundError:  # the folder went away with an array rewritten through another handle
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ features and scores
     def create_feature_array(self, name: str, dim: int, *, dtype: str = "float16", attrs: dict | None = None,
@@ -261,7 +432,11 @@ class SlideStore:
         arr = self.group.create_array(key, shape=(n, dim), dtype=dtype, chunks=(rows, dim), fill_value=0,
                                       attributes=attrs, overwrite=True)
         self.group.create_array(f"done/{key}", shape=(_n_chunks(n, rows),), dtype="uint8", chunks=(1,),
-                                fill_value=0, overwrite=True)
+                                fill_value=0, compressors=None, overwrite=True)
+        # handles and chunk folders cached for the arrays just replaced describe the old ones
+        self._arrays.pop(key, None)
+        self._arrays.pop(f"done/{key}", None)
+        self._dirs.clear()
         return arr
 
     def feature_names(self, kind: str = "features") -> list[str]:
@@ -304,6 +479,49 @@ class SlideStore:
             "scores": self.feature_names("scores"),
             "status": self.status,
         }
+
+
+def _rows(arr: zarr.Array) -> int:
+    """Tiles per write unit of an array: its shard when sharded, else its chunk."""
+    return (arr.shards or arr.chunks)[0]
+
+
+def _is_raw_1d(arr: zarr.Array) -> bool:
+    codecs = arr.metadata.codecs
+    return (arr.metadata.zarr_format == 3 and arr.ndim == 1 and len(codecs) == 1
+            and isinstance(codecs[0], BytesCodec))
+
+
+def _blosc_of(arr: zarr.Array):
+    """numcodecs' Blosc with the settings of an uncompressed-bytes + Blosc uint8 array, else None.
+
+    Any Blosc frame decodes with Zarr's BloscCodec (the frame header carries its settings), so chunks compressed
+    here read back through Zarr; using the array's own settings keeps their size what Zarr would have written.
+    """
+    import numcodecs
+
+    codecs = arr.metadata.codecs
+    if not (len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)
+            and arr.dtype == np.uint8):
+        return None
+    c = codecs[1]
+    shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
+               "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[c.shuffle.value]
+    return numcodecs.Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=shuffle, blocksize=c.blocksize)
+
+
+def _check_jpeg_shards(arr: zarr.Array, path: Path) -> None:
+    """Refuse to hand-write shards unless the array's codecs are the layout write_jpeg_shard produces."""
+    codecs = arr.metadata.codecs
+    ok = (len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)
+          and codecs[0].index_location.value == "end"
+          and [type(c) for c in codecs[0].codecs] == [JpegTileCodec]
+          and [type(c) for c in codecs[0].index_codecs] == [BytesCodec, Crc32cCodec]
+          and all(c.endian is None or c.endian.value == "little" for c in codecs[0].index_codecs
+                  if isinstance(c, BytesCodec))
+          and tuple(codecs[0].chunk_shape[:1]) == (1,))
+    if not ok:
+        raise StoreError(f"{path}: patches are not stored as sharded JPEG tiles; cannot write JPEG shards")
 
 
 def _n_chunks(n: int, rows: int) -> int:

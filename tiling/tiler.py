@@ -1,30 +1,47 @@
-"""Fill a slide store: tissue mask → tile grid → patches, chunk by chunk, resumable."""
+"""Fill a slide store: tissue mask → tile grid → patches, chunk by chunk, resumable.
+
+Two ways of storing patches (see :mod:`slidestream.tiling.store`):
+
+- the pass-through path: when the grid *is* a pyramid level's own JPEG tile grid (no resize, tiles on stored tile
+  boundaries, no stain normalisation), each patch is the slide's stored JPEG tile, copied without re-encoding;
+  it is decoded once, for QC only. This is the fast path of ``slidestream tile --target-mpp <native> --tile-size
+  <the file's tile size>``.
+- the pixel path otherwise: regions are read (direct tile decoding where the file allows it), resized,
+  optionally stain-normalised, QC'd and stored losslessly.
+
+Both compute QC on each tile right after decoding it, while it is in the CPU cache, and write QC values and
+done markers as whole raw chunk files (Zarr's per-call overhead would otherwise cost as much as the tiles).
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import threading
-from functools import lru_cache
+from typing import Any
 
 import dask
+import imagecodecs
 import numpy as np
 import shapely
 from dask.callbacks import Callback
 from PIL import Image
 
 from ..errors import StoreError
+from ..wsi.direct import DirectTiffReader
 from ..wsi.slide import Slide, open_slide, slide_id_from_path
+from .codecs import merge_jpeg_tables
 from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
-from .qc import QC_FLAG_DOC, QCConfig, tile_qc
-from .store import SlideStore, identity_dict, identity_of
+from .qc import QC_FLAG_DOC, QCConfig, qc_flags, tile_stats
+from .store import JpegTiles, SlideStore, identity_dict, identity_of
+from .stored import ReducedRead, ReducedTileReader, jpeg_passthrough, reduced_read
 from .tissue import TissueConfig, mask_to_polygons, segment_tissue
-
 
 Progress = Callable[[int, int], None]
 
@@ -60,8 +77,40 @@ def read_tile(slide: Slide, location: tuple[int, int], plan: ReadPlan) -> np.nda
     return resize_patch(region, plan.tile_size)
 
 
+# Largest pyramid level read whole for the tissue overview (pixels); beyond it Slide.thumbnail reads in bands.
+_OVERVIEW_MAX_PIXELS = 64_000_000
+
+
+def overview(slide: Slide, max_size: int) -> np.ndarray:
+    """Whole-slide image no larger than ``max_size`` on its longer side, for tissue segmentation.
+
+    Reads the coarsest pyramid level at least that large in one piece and area-averages it with PIL (a few
+    tens of ms where :meth:`Slide.thumbnail`'s banded numpy averaging takes most of a second); levels above
+    :data:`_OVERVIEW_MAX_PIXELS` (slides without a usable pyramid) go through :meth:`Slide.thumbnail`.
+
+    Returns
+    -------
+    (h, w, 3) uint8 array with ``max(h, w) == min(max_size, max(level-0 w, h))``.
+    """
+    width, height = slide.dimensions
+    scale = min(1.0, max_size / max(width, height))
+    out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+    level = 0
+    for i, (lw, lh) in enumerate(slide.level_dimensions):
+        if lw >= out_w and lh >= out_h and lw <= slide.level_dimensions[level][0]:
+            level = i
+    lw, lh = slide.level_dimensions[level]
+    if lw * lh > _OVERVIEW_MAX_PIXELS:
+        return slide.thumbnail(max_size)
+    region = slide.read_region((0, 0), level, (lw, lh))
+    if (lw, lh) == (out_w, out_h):
+        return region
+    return np.asarray(Image.fromarray(region).resize((out_w, out_h), Image.Resampling.BOX))
+
+
 def tissue_mask(slide: Slide, params: TilingParams, config: TissueConfig | None = None):
-    """Tissue mask on the slide's thumbnail.
+    """Tissue mask on an overview of the slide at about ``config.working_mpp`` (at most
+    ``params.thumbnail_size`` px on the longer side).
 
     Returns
     -------
@@ -72,7 +121,7 @@ def tissue_mask(slide: Slide, params: TilingParams, config: TissueConfig | None 
     config = config or TissueConfig()
     w0, h0 = slide.dimensions
     size = int(np.ceil(max(w0, h0) * slide.mpp / config.working_mpp))
-    thumb = slide.thumbnail(int(np.clip(size, 64, params.thumbnail_size)))
+    thumb = overview(slide, int(np.clip(size, 64, params.thumbnail_size)))
     ds = (w0 / thumb.shape[1], h0 / thumb.shape[0])
     mask = segment_tissue(thumb, mpp=slide.mpp * (ds[0] + ds[1]) / 2, config=config)
     return mask, ds
@@ -109,46 +158,173 @@ def _check_resumable(store: SlideStore, slide_attrs: dict, tiling: dict, save_pa
         raise StoreError(f"{store.path}: the store holds no patches; pass --overwrite to rebuild it with patches")
 
 
-_open_lock = threading.Lock()
+class _Handles:
+    """Open slides, tile readers and stores shared by the tiling tasks that run in this process.
+
+    Tasks take only paths (they may run on ``dask.distributed`` workers), so each opens what it needs; opening
+    per task would cost more than the task's tiles on small chunks. Keys carry the file's size and mtime (the
+    store's root metadata inode), so a rewritten file is reopened, never read through a stale handle. Evicted
+    handles are dropped, not closed (another task may still be using them); :meth:`release` closes a slide's
+    handles once no task of it runs any more.
+    """
+
+    def __init__(self, maxsize: int = 8):
+        self.maxsize = maxsize
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            obj = self._items.get(key)
+            if obj is None:
+                obj = self._items[key] = make()
+                while len(self._items) > self.maxsize:
+                    self._items.popitem(last=False)
+            else:
+                self._items.move_to_end(key)
+            return obj
+
+    def release(self, *paths: str) -> None:
+        """Close and forget every handle opened for one of ``paths``."""
+        with self._lock:
+            for key in [k for k in self._items if k[1] in paths]:
+                close = getattr(self._items.pop(key), "close", None)
+                if close is not None:
+                    close()
 
 
-@lru_cache(maxsize=8)
-def _cached_slide(path: str, mpp: float | None, size: int, mtime_ns: int) -> Slide:
-    # One open handle per slide file per process: the tasks of a slide's graph, whichever worker runs them,
-    # share it. Size and mtime are part of the key so a rewritten file is reopened, not read through a stale handle.
-    return open_slide(path, mpp=mpp)
+_handles = _Handles()
+
+
+def _file_key(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def _slide_for_task(path: str, mpp: float | None) -> Slide:
-    st = os.stat(path)
-    with _open_lock:
-        return _cached_slide(path, mpp, st.st_size, st.st_mtime_ns)
+    return _handles.get(("slide", path, mpp, *_file_key(path)), lambda: open_slide(path, mpp=mpp))
 
 
-def tile_chunk(slide_path: str, mpp: float | None, store_path: str, chunk_index: int, plan: ReadPlan,
-               qc: QCConfig | None = None, stain=None) -> int:
+def _reader_for_task(path: str, level_dimensions: tuple) -> DirectTiffReader:
+    # raw tile bytes only: no decoded-tile cache
+    return _handles.get(("reader", path, level_dimensions, *_file_key(path)),
+                        lambda: DirectTiffReader(path, level_dimensions, cache_bytes=0))
+
+
+def _reduced_for_task(path: str, level_dimensions: tuple, spec: ReducedRead) -> ReducedTileReader:
+    return _handles.get(("reduced", path, level_dimensions, spec, *_file_key(path)),
+                        lambda: ReducedTileReader(path, level_dimensions, spec))
+
+
+def _store_for_task(path: str) -> SlideStore:
+    st = os.stat(Path(path) / "zarr.json")
+    return _handles.get(("store", path, st.st_ino, st.st_mtime_ns), lambda: SlideStore.open(path, mode="r+"))
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """What every task of one slide's tiling graph needs: paths and small values, picklable for any scheduler.
+
+    Attributes
+    ----------
+    slide_path, store_path : str
+        Files as the workers see them.
+    mpp : float or None
+        Level-0 µm/px override.
+    plan : ReadPlan
+        Level, read size and tile size.
+    qc : QCConfig
+    stain : stain normaliser or None
+        Applied to the pixel path's batches.
+    jpeg : JpegTiles or None
+        Set when patches are the slide's own JPEG tiles (pass-through path).
+    reduced : ReducedRead or None
+        Set when patches are assembled from reduced stored tiles (see :mod:`slidestream.tiling.stored`).
+    level_dimensions : tuple of (int, int)
+        The slide's levels, to find the stored tiles of ``plan.level`` (both fast paths).
+    """
+
+    slide_path: str
+    mpp: float | None
+    store_path: str
+    plan: ReadPlan
+    qc: QCConfig
+    stain: Any = None
+    jpeg: JpegTiles | None = None
+    reduced: ReducedRead | None = None
+    level_dimensions: tuple = ()
+
+
+def tile_chunk(job: ChunkJob, chunk_index: int, coords: np.ndarray) -> int:
     """Read, QC and write one chunk of tiles of a store; the unit of work of the tiling graph.
 
     Runs wherever the scheduler puts it (a local thread or a ``dask.distributed`` worker), so it takes only
-    paths and small values, opens what it needs there, and writes its chunk into the store itself.
+    paths and small values, opens what it needs there, and writes its chunk into the store itself: QC values
+    first, patches next, the chunk's done marker last, so a chunk marked done is complete in every array.
+
+    Parameters
+    ----------
+    job : ChunkJob
+    chunk_index : int
+        Which chunk of ``patches`` (tiles ``store.chunk_slices()[chunk_index]``).
+    coords : (n, 2) int array
+        Level-0 x, y of the chunk's tiles.
 
     Returns
     -------
     int : the number of tiles written.
     """
-    slide = _slide_for_task(slide_path, mpp)
-    store = SlideStore.open(store_path, mode="r+")
-    sl = store.chunk_slices("patches")[chunk_index]
-    batch = np.stack([read_tile(slide, xy, plan) for xy in store.group["coords"][sl]])
-    if stain is not None:
-        batch = stain.transform(batch)
-    white, sharpness, flags = tile_qc(batch, qc)
-    # QC values first, patches with their done marker last: a chunk marked done is complete in every array.
-    store.group["qc/white"][sl] = white
-    store.group["qc/sharpness"][sl] = sharpness
-    store.group["qc/flags"][sl] = flags
-    store.write_chunk("patches", chunk_index, batch)
-    return sl.stop - sl.start
+    store = _store_for_task(job.store_path)
+    n = len(coords)
+    white = np.empty(n, np.float64)
+    sharpness = np.empty(n, np.float64)
+    if job.jpeg is not None:
+        tiles = _jpeg_tiles(job, coords, white, sharpness)
+    else:
+        if job.reduced is not None:
+            read = _reduced_for_task(job.slide_path, job.level_dimensions, job.reduced).read
+        else:
+            slide = _slide_for_task(job.slide_path, job.mpp)
+            read = functools.partial(read_tile, slide, plan=job.plan)
+        size = job.plan.tile_size
+        batch = np.empty((n, size, size, 3), np.uint8)
+        for i, xy in enumerate(coords):
+            batch[i] = read(xy)
+            if job.stain is None:
+                white[i], sharpness[i] = tile_stats(batch[i], job.qc)
+        if job.stain is not None:
+            batch = job.stain.transform(batch)
+            for i in range(n):
+                white[i], sharpness[i] = tile_stats(batch[i], job.qc)
+    white, sharpness = white.astype(np.float32), sharpness.astype(np.float32)
+    store.write_raw_chunk("qc/white", chunk_index, white)
+    store.write_raw_chunk("qc/sharpness", chunk_index, sharpness)
+    store.write_raw_chunk("qc/flags", chunk_index, qc_flags(white, sharpness, job.qc))
+    if job.jpeg is not None:
+        store.write_jpeg_shard(chunk_index, tiles)
+    else:
+        store.write_pixel_chunk(chunk_index, batch)
+    store.mark_done("patches", chunk_index)
+    return n
+
+
+def _jpeg_tiles(job: ChunkJob, coords: np.ndarray, white: np.ndarray, sharpness: np.ndarray) -> list[bytes]:
+    """The stored JPEG tiles under ``coords`` as complete streams; each is decoded once, for its QC values."""
+    reader = _reader_for_task(job.slide_path, job.level_dimensions)
+    level = reader.levels[job.plan.level]
+    step = int(round(job.plan.extent0))  # level-0 pixels per stored tile (aligned grid: tile size x downsample)
+    tables, colorspace, outcolorspace = level.jpegtables, job.jpeg.colorspace, job.jpeg.outcolorspace
+    out = []
+    for i, (x, y) in enumerate(coords):
+        data = reader.raw_tile(job.plan.level, int(x) // step, int(y) // step)
+        if not data:
+            raise StoreError(f"{job.slide_path}: tile at {x},{y} is not stored in the file; tile with "
+                             "passthrough=False")
+        data = merge_jpeg_tables(data, tables)
+        pixels = imagecodecs.jpeg8_decode(data, colorspace=colorspace, outcolorspace=outcolorspace)
+        white[i], sharpness[i] = tile_stats(pixels, job.qc)
+        out.append(data)
+    return out
 
 
 class _CountTiles(Callback):
@@ -188,8 +364,12 @@ def run_graph(tasks: list, *, scheduler: str | None = None, workers: int | None 
                 if on_done:
                     on_done(fut.result())
             return client.gather(futures)
+    import dask.threaded
+
     with _CountTiles(on_done or (lambda n: None)):
-        return list(dask.compute(*tasks, scheduler="threads", num_workers=workers or os.cpu_count() or 1))
+        # The scheduler function itself, not the name "threads": given a name, dask imports dask.distributed to
+        # look for a default client, which costs a local run ~0.2 s of start-up.
+        return list(dask.compute(*tasks, scheduler=dask.threaded.get, num_workers=workers or os.cpu_count() or 1))
 
 
 def tile_slide(
@@ -209,6 +389,7 @@ def tile_slide(
     stain=None,
     slide_id: str | None = None,
     progress: Progress | None = None,
+    passthrough: bool = True,
 ) -> TileResult:
     """Tile one slide into ``<out_dir>/<slide_id>.zarr``.
 
@@ -234,7 +415,8 @@ def tile_slide(
         Address of a ``dask.distributed`` scheduler to run the graph on; the slide and the store must be at the
         same paths on the workers (a shared file system).
     roi : shapely geometry, optional
-        Region of interest in level-0 pixels; only tiles whose centre lies inside are kept.
+        Region of interest in level-0 pixels; only tiles whose centre lies inside are kept
+        (:func:`slidestream.tiling.regions.roi_from_file` reads one from an annotation file).
     stain : stain normaliser, optional
         An object with ``fit_source(tiles)``, ``transform(batch)`` and ``to_dict()`` (e.g.
         ``slidestream.stain.get_normalizer("macenko")``, already fitted to its target). Its source stain is
@@ -242,6 +424,10 @@ def tile_slide(
         its record is stored in the store's ``stain`` attribute. (Tiling only calls these methods: the stain
         package sits above tiling.)
     progress : callable(done_tiles, total_tiles), optional
+    passthrough : bool
+        Keep the slide's own JPEG tiles as patches, without re-encoding, when the grid is a level's stored tile
+        grid and no stain normalisation is asked for (:func:`jpeg_passthrough`); False always stores decoded
+        pixels. Which one was used is ``store.patch_encoding``.
     """
     t0 = time.perf_counter()
     params = params or TilingParams()
@@ -254,11 +440,13 @@ def tile_slide(
 
     with open_slide(slide_path, mpp=mpp) as slide:
         slide_attrs = _slide_attrs(slide, slide_path)
+        level_dimensions = tuple(tuple(int(v) for v in d) for d in slide.level_dimensions)
         plan = plan_reads(params, slide.mpp, tuple(slide.level_downsamples))
         tiling = {**params.to_dict(), "level": plan.level, "read_size": plan.read_size, "extent0": plan.extent0,
                   "save_patches": save_patches, "edge_policy": "whole tiles inside the slide only",
                   "roi": roi.wkt if roi is not None else None,
-                  "stain": None if stain is None else {k: v for k, v in stain.to_dict().items() if k != "source"}}
+                  "stain": None if stain is None else {k: v for k, v in stain.to_dict().items() if k != "source"},
+                  "jpeg_passthrough": bool(passthrough)}
         action = "tiled"
         store = None
         if store_path.exists() and not overwrite:
@@ -274,22 +462,33 @@ def tile_slide(
                 centres = coords + plan.extent0 / 2
                 keep &= shapely.contains_xy(roi, centres[:, 0], centres[:, 1])
             tissue_um2 = float(mask.sum() * ds[0] * ds[1] * slide.mpp**2)
+            jpeg = None
+            if save_patches and passthrough and stain is None:
+                jpeg = jpeg_passthrough(slide, plan, coords[keep])
 
             def extra(group) -> None:
                 group.create_array("tissue_mask", data=mask.astype(np.uint8), chunks=mask.shape,
                                    attributes={"downsample": list(ds)})
                 group.attrs["tissue_area_mm2"] = tissue_um2 / 1e6
                 if save_patches:
-                    n, rows = int(keep.sum()), group["patches"].chunks[0]
+                    patches = group["patches"]
+                    n, rows = int(keep.sum()), (patches.shards or patches.chunks)[0]
                     for name, dtype in (("white", "float32"), ("sharpness", "float32"), ("flags", "uint8")):
-                        group.create_array(f"qc/{name}", shape=(n,), dtype=dtype, chunks=(rows,), fill_value=0)
+                        # uncompressed: tasks write whole chunks of these straight to their files
+                        group.create_array(f"qc/{name}", shape=(n,), dtype=dtype, chunks=(rows,), fill_value=0,
+                                           compressors=None)
                     group["qc"].attrs.update({"config": qc_config.to_dict(), "flags": QC_FLAG_DOC})
 
             store = SlideStore.create(
                 store_path, coords=coords[keep], tissue=frac[keep], slide=slide_attrs, tiling=tiling,
                 tile_size=params.tile_size if save_patches else None, chunk_tiles=chunk_tiles, overwrite=overwrite,
-                extra=extra,
+                extra=extra, jpeg_tiles=jpeg,
             )
+        jpeg = reduced = None
+        if save_patches:
+            jpeg = _jpeg_of(store)
+            if jpeg is None and not store.is_complete("patches"):
+                reduced = reduced_read(slide, plan, store.coords)
 
     if stain is not None and save_patches and store.n_tiles:
         stain = _fit_stain(stain, store, slide_path, mpp, plan)
@@ -303,6 +502,7 @@ def tile_slide(
         if progress:
             progress(done_tiles, total)
         lock = threading.Lock()
+        coords = store.coords
 
         def on_done(n: int) -> None:
             nonlocal done_tiles
@@ -311,10 +511,16 @@ def tile_slide(
                 if progress:
                     progress(done_tiles, total)
 
-        task = dask.delayed(tile_chunk, pure=False)
-        tasks = [task(str(slide_path), mpp, str(store_path), ci, plan, qc_config, stain,
-                      dask_key_name=f"tile-{slide_id}-{ci}") for ci in todo]
-        written = len(run_graph(tasks, scheduler=scheduler, workers=workers, on_done=on_done))
+        job = ChunkJob(slide_path=str(slide_path), mpp=mpp, store_path=str(store_path), plan=plan, qc=qc_config,
+                       stain=stain, jpeg=jpeg, reduced=reduced, level_dimensions=level_dimensions)
+        # The job goes in as a bound argument: dask would otherwise walk its fields for every task.
+        task = dask.delayed(functools.partial(tile_chunk, job), pure=False)
+        tasks = [task(ci, coords[slices[ci]], dask_key_name=f"tile-{slide_id}-{ci}") for ci in todo]
+        try:
+            written = len(run_graph(tasks, scheduler=scheduler, workers=workers, on_done=on_done))
+        finally:
+            # the slide's readers hold decoded-tile caches: do not keep them for the next slide of a batch
+            _handles.release(str(slide_path), str(store_path))
     if action == "resumed" and written == 0:
         action = "up-to-date"
     store.set_status("tiling", "complete")
@@ -322,7 +528,16 @@ def tile_slide(
         slide_id=slide_id, store=store_path, n_tiles=store.n_tiles,
         tissue_area_mm2=float(store.attrs.get("tissue_area_mm2", 0.0)),
         seconds=time.perf_counter() - t0, action=action, chunks_written=written,
+        extra={"patch_encoding": store.patch_encoding["name"]} if save_patches else {},
     )
+
+
+def _jpeg_of(store: SlideStore) -> JpegTiles | None:
+    """The pass-through settings a store's patches were created with (None for decoded pixels)."""
+    enc = store.patch_encoding
+    if enc.get("name") != "jpeg":
+        return None
+    return JpegTiles(level=int(enc["level"]), colorspace=enc.get("colorspace"), outcolorspace=enc.get("outcolorspace"))
 
 
 STAIN_SAMPLE_TILES = 64

@@ -3,6 +3,9 @@
 The method is the one most WSI tools converge on: tissue is more saturated than glass, so Otsu's threshold on a
 blurred saturation channel separates them; morphology closes small gaps; small specks and small holes are removed.
 Pen ink is saturated too, so strongly blue/green and near-black pixels are removed first.
+
+Segmentation uses numpy and scipy.ndimage only (scikit-image is imported only to trace outlines), so it costs a
+few hundred ms on a 2048 px overview and adds nothing to the start-up of ``slidestream tile``.
 """
 
 from __future__ import annotations
@@ -10,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
-from skimage import color, filters, measure, morphology
 import shapely
 import shapely.affinity
+from PIL import Image, ImageFilter
+from scipy import ndimage as ndi
 from shapely.geometry import MultiPolygon, Polygon
 
 
@@ -62,12 +65,109 @@ def pen_mask(rgb: np.ndarray) -> np.ndarray:
     Blue ink has blue far above red; green ink has green above red and blue; black ink is dark in all channels
     without the purple hue of dense nuclei.
     """
-    img = rgb.astype(np.int16)
-    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
     blue = (b - r > 40) & (b - g > 15)
-    green = (g - r > 15) & (g - b > 0)
-    black = (img.max(axis=-1) < 50) & (np.abs(r - b) < 25)
+    green = (g - r > 15) & (g > b)
+    black = (np.maximum(np.maximum(r, g), b) < 50) & (np.abs(r - b) < 25)
     return blue | green | black
+
+
+def saturation(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HSV saturation and value of an RGB image.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) uint8 array
+
+    Returns
+    -------
+    sat : (H, W) float32 array in [0, 1]
+        ``(max - min) / max`` over the channels, 0 where the pixel is black (as scikit-image's ``rgb2hsv``).
+    value : (H, W) uint8 array
+        ``max`` over the channels (HSV value times 255).
+    """
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    hi = np.maximum(np.maximum(r, g), b)
+    lo = np.minimum(np.minimum(r, g), b)
+    sat = np.zeros(hi.shape, np.float32)
+    np.divide((hi - lo).astype(np.float32), hi, out=sat, where=hi > 0)
+    return sat, hi
+
+
+def otsu_threshold_uint8(values: np.ndarray) -> int | None:
+    """Otsu's threshold of an (H, W) uint8 image: the grey level t maximising the between-class variance of
+    ``values <= t`` and ``values > t``; None when all values are equal."""
+    hist = np.asarray(Image.fromarray(np.ascontiguousarray(values), mode="L").histogram(), dtype=np.float64)
+    if np.count_nonzero(hist) < 2:
+        return None
+    levels = np.arange(256, dtype=np.float64)
+    w1 = np.cumsum(hist)
+    w2 = w1[-1] - w1
+    s1 = np.cumsum(hist * levels)
+    m1 = s1 / np.maximum(w1, 1e-12)
+    m2 = (s1[-1] - s1) / np.maximum(w2, 1e-12)
+    between = w1 * w2 * (m1 - m2) ** 2
+    return int(np.argmax(between[:-1]))
+
+
+def remove_small_objects(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """``mask`` without its 4-connected components of at most ``max_size`` pixels."""
+    out = mask.copy()
+    if max_size >= 1 and out.any():
+        _clear_small(out, out, max_size, False)
+    return out
+
+
+def remove_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """``mask`` with its 4-connected background components of at most ``max_size`` pixels filled."""
+    out = mask.copy()
+    if max_size >= 1 and not out.all():
+        _clear_small(~mask, out, max_size, True)
+    return out
+
+
+def _clear_small(components: np.ndarray, out: np.ndarray, max_size: int, value: bool) -> None:
+    """Set ``out`` to ``value`` on the 4-connected components of ``components`` of at most ``max_size`` px."""
+    labels, n = ndi.label(components)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    small = np.flatnonzero(sizes[1:] <= max_size) + 1
+    if not len(small):
+        return
+    # Small components have small bounding boxes: editing inside those is far cheaper than a whole-image lookup.
+    boxes = ndi.find_objects(labels)
+    for label in small:
+        box = boxes[label - 1]
+        out[box][labels[box] == label] = value
+
+
+def blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of an (H, W) uint8 image, standard deviation ``sigma`` px (PIL's three-box approximation:
+    ~10x faster than an exact float convolution, and 8 bits are plenty for a threshold)."""
+    return np.asarray(Image.fromarray(image, mode="L").filter(ImageFilter.GaussianBlur(radius=sigma)))
+
+
+def close_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Morphological closing with an octagon of about ``radius`` px (a square and a diamond), O(1) per pixel.
+
+    Closing fills gaps and bays narrower than the element; the octagon is within a pixel of a disk at the radii
+    used here, and running-max/min filters make it cheap whatever the radius. The image is padded with its edge
+    values first, so tissue touching the border is not eroded.
+    """
+    if radius < 1:
+        return mask.copy()
+    pad = 2 * radius + 1
+    img = np.pad(mask.astype(np.uint8), pad, mode="edge")
+    # octagon = square of side 2a+1 dilated by a diamond of radius b, with a + b = radius, a ~ 0.41 radius
+    a = max(int(round(radius * 0.414)), 0)
+    b = radius - a
+    diamond = ndi.generate_binary_structure(2, 1)
+    for op, along in ((ndi.maximum_filter1d, ndi.binary_dilation), (ndi.minimum_filter1d, ndi.binary_erosion)):
+        if a:
+            img = op(op(img, 2 * a + 1, axis=0), 2 * a + 1, axis=1)
+        if b:
+            img = along(img, structure=diamond, iterations=b, border_value=1 if along is ndi.binary_erosion else 0)
+        img = img.astype(np.uint8)
+    return img[pad:-pad, pad:-pad].astype(bool)
 
 
 def segment_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = None) -> np.ndarray:
@@ -90,30 +190,25 @@ def segment_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = No
         raise ValueError(f"segment_tissue expects an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
     if min(rgb.shape[:2]) < 2:
         return np.zeros(rgb.shape[:2], bool)
-    hsv = color.rgb2hsv(rgb)
-    sat = hsv[..., 1].astype(np.float32)
-    val = hsv[..., 2]
-    pens = pen_mask(rgb) if config.pen_filter else np.zeros(rgb.shape[:2], bool)
-    # Ink must not pull the Otsu threshold, and glass must not count as tissue even if the blur spreads into it.
-    sat = np.where(pens, 0.0, sat)
-    sigma = max(config.blur_sigma_um / mpp, 0.5)
-    sat_blur = filters.gaussian(sat, sigma=sigma, preserve_range=True)
-    try:
-        thr = filters.threshold_otsu(sat_blur)
-    except ValueError:  # a constant image has no threshold
-        thr = 1.0
-    thr = max(thr, config.min_saturation)
-    mask = (sat_blur > thr) & ~((val > config.max_brightness) & (sat < config.min_saturation))
-    radius = int(round(config.close_um / mpp))
-    if radius >= 1:
-        mask = ndi.binary_closing(mask, structure=morphology.disk(radius), border_value=0)
+    sat, val = saturation(rgb)
+    pens = pen_mask(rgb) if config.pen_filter else None
+    if pens is not None:
+        # Ink must not pull the Otsu threshold, and glass must not count as tissue even if the blur spreads into it.
+        sat[pens] = 0.0
+    sat8 = np.rint(sat * 255).astype(np.uint8)
+    sat_blur = blur(sat8, max(config.blur_sigma_um / mpp, 0.5))
+    thr = otsu_threshold_uint8(sat_blur)
+    thr = max(256 if thr is None else thr, config.min_saturation * 255)
+    glass = (val > config.max_brightness * 255) & (sat < config.min_saturation)
+    mask = (sat_blur > thr) & ~glass
+    mask = close_mask(mask, int(round(config.close_um / mpp)))
     px_area = mpp * mpp
-    if config.pen_filter:
-        pens = morphology.remove_small_objects(pens, max_size=int(config.min_pen_area_um2 / px_area))
+    if pens is not None and pens.any():
+        pens = remove_small_objects(pens, int(config.min_pen_area_um2 / px_area))
         if pens.any():
             mask &= ~ndi.binary_dilation(pens, iterations=max(1, int(round(8.0 / mpp))))
-    mask = morphology.remove_small_objects(mask, max_size=max(int(config.min_tissue_area_um2 / px_area), 0))
-    mask = morphology.remove_small_holes(mask, max_size=max(int(config.min_hole_area_um2 / px_area), 0))
+    mask = remove_small_objects(mask, max(int(config.min_tissue_area_um2 / px_area), 0))
+    mask = remove_small_holes(mask, max(int(config.min_hole_area_um2 / px_area), 0))
     return mask
 
 
@@ -132,6 +227,8 @@ def mask_to_polygons(mask: np.ndarray, downsample: float | tuple[float, float], 
     -------
     shapely MultiPolygon (possibly empty), valid, holes kept.
     """
+    from skimage import measure  # only here: importing scikit-image costs start-up time the tiler does not need
+
     sx, sy = (downsample, downsample) if np.isscalar(downsample) else downsample
     padded = np.pad(mask.astype(np.uint8), 1)
     labels = measure.label(padded, connectivity=2)

@@ -1,0 +1,106 @@
+"""Regions in and out of the tiler: a user's region of interest from an annotation file, the tissue outline to QuPath.
+
+``slidestream tile --roi FILE`` restricts tiling to :func:`roi_from_file`; ``--export-tissue`` writes
+:func:`write_tissue_geojson` next to each store. Coordinates are level-0 pixels of the slide as OpenSlide numbers
+them; QuPath's origin is the slide's bounds origin (non-zero only for some formats, e.g. MIRAX), which the
+``offset`` arguments account for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import shapely
+from shapely.geometry import MultiPolygon
+
+from ..errors import ConfigError
+from ..wsi.annotations import read_annotations
+from ..wsi.qupath import make_valid_polygonal, polygonal_parts, region_features, write_geojson
+from .store import SlideStore
+from .tiler import tissue_polygons
+
+#: QuPath class of the exported tissue outline, and its colour (QuPath's own colour for "Tissue" is not fixed).
+TISSUE_CLASS = "Tissue"
+TISSUE_COLOR = (80, 180, 80)
+
+
+def roi_from_file(path: str | os.PathLike, *, classes: Sequence[str] | None = None,
+                  offset: Sequence[float] = (0, 0)) -> MultiPolygon:
+    """Region of interest: the union of the area annotations of an ASAP XML, QuPath GeoJSON or NCRF JSON file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The annotation file (format recognised by content, ``.gz`` too).
+    classes : sequence of str, optional
+        Keep only annotations of these classes; default: every class (and unclassified objects).
+    offset : (x, y)
+        Added to every coordinate: ``(bounds-x, bounds-y)`` of the slide for QuPath files of slides with
+        OpenSlide bounds (MIRAX); ASAP and NCRF files are already in OpenSlide coordinates.
+
+    Returns
+    -------
+    MultiPolygon
+        Valid, in level-0 pixels; points and lines are ignored.
+
+    Raises
+    ------
+    ConfigError
+        When the file holds no area (polygon) annotation of the wanted classes.
+    slidestream.wsi.annotations.AnnotationError
+        When the file cannot be read.
+    """
+    anns = read_annotations(path, offset=offset)
+    if classes is not None:
+        wanted = set(classes)
+        anns = [a for a in anns if a.class_name in wanted]
+    parts = [make_valid_polygonal(p) for a in anns for p in polygonal_parts(a.geometry)]
+    if not parts:
+        which = f" of class {', '.join(classes)}" if classes is not None else ""
+        raise ConfigError(f"{path}: no area annotation{which} to use as region of interest "
+                          "(points and lines are ignored); draw the region as a polygon or rectangle")
+    return MultiPolygon(polygonal_parts(shapely.union_all(parts)))
+
+
+def write_tissue_geojson(store: SlideStore | str | os.PathLike, path: str | os.PathLike, *,
+                         offset: Sequence[float] | None = None) -> Path:
+    """Export a store's tissue outline as a QuPath annotation (class ``"Tissue"``), one Feature per slide.
+
+    Parameters
+    ----------
+    store : SlideStore or path
+        A tiled store (it keeps the tissue mask it was tiled with).
+    path : str or os.PathLike
+        Output ``.geojson`` (or ``.geojson.gz``); written atomically.
+    offset : (x, y), optional
+        Subtracted from every coordinate; default the slide's bounds origin as recorded in the store, which is
+        where QuPath puts its (0, 0).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ConfigError
+        When the store has no tissue mask, or the mask is empty.
+    """
+    if not isinstance(store, SlideStore):
+        store = SlideStore.open(store)
+    if "tissue_mask" not in store.group:
+        raise ConfigError(f"{store.path}: no tissue mask in this store; tile the slide again to make one")
+    tissue = tissue_polygons(store)
+    if tissue.is_empty:
+        raise ConfigError(f"{store.path}: the tissue mask is empty, there is no outline to export")
+    slide = store.slide
+    bounds = slide.get("bounds") or [0, 0, *slide.get("dimensions", [None, None])]
+    origin = tuple(offset) if offset is not None else (bounds[0], bounds[1])
+    size = bounds[2:4] if bounds[2] is not None else None
+    area_um2 = tissue.area * float(slide.get("mpp") or 0) ** 2
+    measurements = {"Area µm^2": area_um2} if area_um2 > 0 else None
+    features = region_features(tissue, TISSUE_CLASS, TISSUE_COLOR, name=f"Tissue ({store.slide_id})",
+                               measurements=measurements, offset=origin, slide_size=size)
+    return write_geojson(path, features)

@@ -1,0 +1,232 @@
+"""Tiles made straight from a slide's stored tiles: the two fast paths of the tiler.
+
+Both apply only where the result is pixel-identical to :func:`slidestream.tiling.tiler.read_tile` (a region read
+through :class:`~slidestream.wsi.slide.Slide`, resized by ``resize_patch``), i.e. where the slide reads the level
+with its direct tile decoder (:mod:`slidestream.wsi.direct`) and the grid lines up with the stored tiles:
+
+- :func:`jpeg_passthrough`: the grid is the level's own JPEG tile grid, so each patch *is* a stored tile and
+  its compressed bytes can be kept without decoding or re-encoding.
+- :func:`reduced_read`: patches are read ``k`` times larger and box-reduced by ``k`` (224 px at 0.5 µm/px from
+  a 0.25 µm/px level: ``k = 2``) on a grid whose ``k``-pixel blocks never straddle a stored tile. Reducing each
+  stored tile once and assembling patches from the reduced tiles gives the same pixels as reducing each
+  assembled region (a block's average depends on the block only), decodes every stored tile once instead of
+  once per overlapping region, and copies a quarter of the bytes. :class:`ReducedTileReader` does it, with its
+  own cache of reduced tiles (a quarter of the memory of decoded ones, so it holds the tile rows that
+  consecutive grid rows share).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import imagecodecs
+import numpy as np
+import tifffile
+from PIL import Image
+from tifffile.tifffile import jpeg_decode_colorspace
+
+from ..wsi.direct import DirectTiffReader, DirectUnsupported, TileCache
+from ..wsi.slide import Slide
+from .grid import ReadPlan
+from .store import JpegTiles
+
+#: Bound of the reduced-tile cache of one :class:`ReducedTileReader` (bytes).
+REDUCED_CACHE_BYTES = 96 << 20
+
+
+def _whole_downsample(slide: Slide, level: int) -> int | None:
+    ds = float(slide.level_downsamples[level])
+    return int(round(ds)) if abs(ds - round(ds)) <= 1e-9 else None
+
+
+def _level_coords(coords: np.ndarray, ds: int) -> np.ndarray | None:
+    """Level pixel coordinates of level-0 ``coords``, or None when some do not fall on a level pixel."""
+    coords = np.asarray(coords, np.int64).reshape(-1, 2)
+    if (coords % ds).any():
+        return None
+    return coords // ds
+
+
+def jpeg_passthrough(slide: Slide, plan: ReadPlan, coords: np.ndarray) -> JpegTiles | None:
+    """How to keep the slide's own JPEG tiles for these tiles, or None when they cannot be kept as they are.
+
+    They can when ``plan`` reads a level without resizing, the slide reads that level directly from a plain JPEG
+    tile grid whose tiles are ``plan.tile_size`` square, the level's downsample is a whole number, and every tile
+    of ``coords`` is exactly one stored tile, wholly inside the level. Then the stored bytes decode to exactly the
+    pixels :func:`~slidestream.tiling.tiler.read_tile` returns.
+
+    Parameters
+    ----------
+    slide : Slide
+    plan : ReadPlan
+    coords : (N, 2) int array
+        Level-0 top-left corners of the tiles.
+    """
+    if plan.needs_resize or plan.level not in slide.direct_levels:
+        return None
+    ds = _whole_downsample(slide, plan.level)
+    level_xy = None if ds is None else _level_coords(coords, ds)
+    if level_xy is None:
+        return None
+    try:
+        reader = DirectTiffReader(slide.path, slide.level_dimensions, cache_bytes=0)
+    except DirectUnsupported:
+        return None
+    with reader:
+        level = reader.levels.get(plan.level)
+        size = plan.tile_size
+        if (level is None or level.compression != "jpeg" or level.samples != 3 or level.alpha
+                or level.tile_size != (size, size) or (level_xy % size).any()):
+            return None
+        cols, rows = level_xy[:, 0] // size, level_xy[:, 1] // size
+        lw, lh = level.size
+        if ((cols + 1) * size > lw).any() or ((rows + 1) * size > lh).any():
+            return None  # edge tiles are stored padded: their padding is not slide pixels
+        if (level.counts[rows * level.grid[0] + cols] == 0).any():
+            return None  # a tile missing from the file reads as white, which no stored bytes say
+        with tifffile.TiffFile(slide.path) as tf:
+            page = tf.pages[level.page]
+            colorspace, outcolorspace = jpeg_decode_colorspace(page.photometric, page.planarconfig,
+                                                               page.extrasamples, page.is_jfif)
+    return JpegTiles(level=plan.level, colorspace=_json_value(colorspace), outcolorspace=_json_value(outcolorspace))
+
+
+def _json_value(v):
+    # tifffile gives ints, enum members or strings; the codec configuration must be plain JSON
+    return None if v is None else (v if isinstance(v, str) else int(v))
+
+
+@dataclass(frozen=True)
+class ReducedRead:
+    """How a plan's patches are assembled from stored tiles reduced ``factor`` times (see the module docstring).
+
+    Attributes
+    ----------
+    level : int
+        Pyramid level read.
+    downsample : int
+        Level-0 pixels per pixel of ``level`` (a whole number).
+    factor : int
+        ``plan.read_size // plan.tile_size``.
+    read_size, tile_size : int
+        As in the plan.
+    jpeg : bool
+        The level's tiles are 3-sample JPEG: decoded with imagecodecs straight into 4-byte pixels, which PIL
+        reduces without copying them first (its RGB images are 4 bytes per pixel).
+    colorspace : int, str or None
+        JPEG colour space of the tiles, as the TIFF tags say (with ``jpeg``).
+    """
+
+    level: int
+    downsample: int
+    factor: int
+    read_size: int
+    tile_size: int
+    jpeg: bool = False
+    colorspace: int | str | None = None
+
+
+def reduced_read(slide: Slide, plan: ReadPlan, coords: np.ndarray) -> ReducedRead | None:
+    """A :class:`ReducedRead` for these tiles, or None when the reduced-tile path does not apply.
+
+    It applies when ``plan`` reads ``k >= 2`` times the tile size (``resize_patch``'s whole-factor case), the
+    slide reads ``plan.level`` directly, its downsample is a whole number, the stored tiles' sides are multiples
+    of ``k``, and every region starts on a multiple of ``k`` level pixels and lies wholly inside the level.
+    """
+    if plan.read_size % plan.tile_size or plan.read_size == plan.tile_size:
+        return None
+    if plan.level not in slide.direct_levels:
+        return None
+    ds = _whole_downsample(slide, plan.level)
+    level_xy = None if ds is None else _level_coords(coords, ds)
+    if level_xy is None:
+        return None
+    k = plan.read_size // plan.tile_size
+    try:
+        reader = DirectTiffReader(slide.path, slide.level_dimensions, cache_bytes=0)
+    except DirectUnsupported:
+        return None
+    with reader:
+        level = reader.levels.get(plan.level)
+        if level is None or level.tile_size[0] % k or level.tile_size[1] % k:
+            return None
+        lw, lh = level.size
+        jpeg = level.compression == "jpeg" and level.samples == 3 and not level.alpha and level.jpegheader is None
+        colorspace = None
+        if jpeg:
+            with tifffile.TiffFile(slide.path) as tf:
+                page = tf.pages[level.page]
+                colorspace, _ = jpeg_decode_colorspace(page.photometric, page.planarconfig, page.extrasamples,
+                                                       page.is_jfif)
+    if (level_xy % k).any() or (level_xy < 0).any():
+        return None
+    if (level_xy[:, 0] + plan.read_size > lw).any() or (level_xy[:, 1] + plan.read_size > lh).any():
+        return None
+    return ReducedRead(level=plan.level, downsample=ds, factor=k, read_size=plan.read_size,
+                       tile_size=plan.tile_size, jpeg=jpeg, colorspace=_json_value(colorspace))
+
+
+class ReducedTileReader:
+    """Patches of a :class:`ReducedRead` plan, assembled from reduced stored tiles. Thread-safe.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The slide file.
+    level_dimensions : sequence of (int, int)
+        The slide's levels (as :attr:`Slide.level_dimensions`), to find the stored tiles of ``spec.level``.
+    spec : ReducedRead
+    cache_bytes : int
+        Bound of the reduced-tile cache.
+    """
+
+    def __init__(self, path: str | os.PathLike, level_dimensions, spec: ReducedRead, *,
+                 cache_bytes: int = REDUCED_CACHE_BYTES):
+        self.spec = spec
+        self.reader = DirectTiffReader(path, level_dimensions, cache_bytes=0)
+        self.cache = TileCache(cache_bytes)
+        self._level = self.reader.levels[spec.level]
+
+    def close(self) -> None:
+        self.reader.close()
+        self.cache.clear()
+
+    def reduced_tile(self, column: int, row: int) -> np.ndarray:
+        """Stored tile ``(column, row)`` of the level, decoded and box-reduced ``factor`` times (shared, read-only)."""
+        key = (column, row)
+        tile = self.cache.get(key)
+        if tile is None:
+            spec, level = self.spec, self._level
+            data = self.reader.raw_tile(spec.level, column, row) if spec.jpeg else b""
+            if data:
+                rgbx = imagecodecs.jpeg8_decode(data, tables=level.jpegtables, colorspace=spec.colorspace,
+                                                outcolorspace=imagecodecs.JPEG8.CS.EXT_RGBX)
+                image = Image.frombuffer("RGBX", level.tile_size, rgbx, "raw", "RGBX", 0, 1)
+            else:  # other compressions, and tiles missing from the file (white): the direct reader's decoding
+                image = Image.fromarray(self.reader.decode_tile(spec.level, column, row))
+            # Image.reduce is resize_patch's own reduction: the same arithmetic per k x k block
+            tile = np.asarray(image.reduce(spec.factor))[..., :3]
+            self.cache.put(key, tile)
+        return tile
+
+    def read(self, location: tuple[int, int]) -> np.ndarray:
+        """The patch whose region starts at level-0 ``location``: ``(tile_size, tile_size, 3)`` uint8, new array.
+
+        Equal to ``read_tile(slide, location, plan)`` for the plan this reader was made for.
+        """
+        spec, k = self.spec, self.spec.factor
+        x, y = int(location[0]) // spec.downsample, int(location[1]) // spec.downsample
+        tw, th = self._level.tile_size
+        rs = spec.read_size
+        out = np.empty((spec.tile_size, spec.tile_size, 3), np.uint8)
+        for row in range(y // th, (y + rs - 1) // th + 1):
+            ty = row * th
+            y0, y1 = max(y, ty), min(y + rs, ty + th)
+            for col in range(x // tw, (x + rs - 1) // tw + 1):
+                tx = col * tw
+                x0, x1 = max(x, tx), min(x + rs, tx + tw)
+                tile = self.reduced_tile(col, row)
+                out[(y0 - y) // k:(y1 - y) // k, (x0 - x) // k:(x1 - x) // k] = \
+                    tile[(y0 - ty) // k:(y1 - ty) // k, (x0 - tx) // k:(x1 - tx) // k]
+        return out
