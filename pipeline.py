@@ -110,9 +110,15 @@ def tile_batch(
     scheduler: str | None = None,
     stain: str | None = None,
     stain_reference: str | None = None,
+    roi: str | os.PathLike | None = None,
+    export_tissue: bool = False,
     reporter: Reporter | None = None,
 ) -> list[SlideOutcome]:
     """Tile every slide into ``<out_dir>/<slide_id>.zarr``; writes ``run-tile.json``.
+
+    ``roi`` restricts tiling to annotated regions: one annotation file for every slide, or a folder holding
+    ``<slide_id>.geojson``/``.xml``/``.json`` per slide (slides without one are tiled whole). ``export_tissue``
+    writes each slide's tissue outline as ``<slide_id>.tissue.geojson`` for QuPath.
 
     ``stain`` ("macenko", "reinhard", "vahadane" or None) normalises the stored patches, fitted per slide;
     ``scheduler`` sends each slide's graph to a ``dask.distributed`` cluster.
@@ -120,19 +126,35 @@ def tile_batch(
     reporter = reporter or QuietReporter()
     out_dir = Path(out_dir)
 
+    def roi_for(it: SlideInput):
+        from .tiling.regions import roi_from_file
+
+        if roi is None:
+            return None
+        path = Path(roi)
+        if path.is_dir():
+            found = [path / f"{it.slide_id}{ext}" for ext in (".geojson", ".geojson.gz", ".xml", ".json")]
+            found = [f for f in found if f.is_file()]
+            return roi_from_file(found[0]) if found else None
+        return roi_from_file(path)
+
     def one(it: SlideInput) -> dict:
         with slide_lock(out_dir, it.slide_id), reporter.task(f"tile {it.slide_id}", None) as t:
             res: TileResult = tile_slide(it.path, out_dir, params, mpp=it.mpp, save_patches=save_patches,
                                          overwrite=overwrite, workers=workers, scheduler=scheduler,
-                                         stain=make_normalizer(stain, stain_reference), slide_id=it.slide_id,
-                                         progress=lambda d, n: t.update(d, n))
+                                         stain=make_normalizer(stain, stain_reference), roi=roi_for(it),
+                                         slide_id=it.slide_id, progress=lambda d, n: t.update(d, n))
+            if export_tissue:
+                from .tiling.regions import write_tissue_geojson
+
+                write_tissue_geojson(res.store, out_dir / f"{it.slide_id}.tissue.geojson")
         return {"tiles": res.n_tiles, "tissue_mm2": round(res.tissue_area_mm2, 3), "action": res.action,
                 "store": str(res.store), "_status": "skipped" if res.action == "up-to-date" else "ok"}
 
     outcomes = run_per_slide(inputs, "tile", one, reporter)
     write_run_record(out_dir, "tile", outcomes, {**params.to_dict(), "save_patches": save_patches,
                                                  "stain": stain, "stain_reference": stain_reference,
-                                                 "scheduler": scheduler})
+                                                 "scheduler": scheduler, "roi": str(roi) if roi else None})
     return outcomes
 
 

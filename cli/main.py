@@ -185,9 +185,13 @@ def _exit_for(outcomes) -> None:
 @click.option("--scheduler", envvar="SLIDESTREAM_SCHEDULER", default=None,
               help="Address of a dask.distributed scheduler (tcp://host:8786) to run the tiling on; the slides "
                    "and --out must be on a file system the workers share. Default: local threads.")
+@click.option("--roi", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Only tile inside these regions: a QuPath GeoJSON / ASAP XML file for every slide, or a folder "
+                   "of <slide_id>.geojson/.xml files.")
+@click.option("--export-tissue", is_flag=True, help="Also write <slide_id>.tissue.geojson (QuPath class Tissue).")
 @click.option("--overwrite", is_flag=True, help="Rebuild stores made from another slide or other parameters.")
 def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, mpp, save_patches, workers, stain,
-         stain_reference, scheduler, overwrite):
+         stain_reference, scheduler, roi, export_tissue, overwrite):
     """Segment tissue and cut SLIDES (files, folders, globs or a manifest CSV) into tiles in Zarr stores.
 
     Re-running finishes interrupted stores and skips complete ones.
@@ -200,7 +204,7 @@ def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, mpp, save_patc
     outcomes = tile_batch(collect_inputs(slides, mpp=mpp), out, params, save_patches=save_patches,
                           overwrite=overwrite, workers=workers, scheduler=scheduler,
                           stain=None if stain == "none" else stain, stain_reference=stain_reference,
-                          reporter=RichReporter(err))
+                          roi=roi, export_tissue=export_tissue, reporter=RichReporter(err))
     _summary_table("tiling", outcomes, ["tiles", "tissue_mm2", "action"])
     click.echo(f"run record: {out / 'run-tile.json'}")
     _exit_for(outcomes)

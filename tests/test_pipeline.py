@@ -208,3 +208,23 @@ def test_embed_with_stain_normalisation_on_the_fly(small_demo, tmp_path):
     after = store.read_features("handcrafted")
     assert after.shape == before.shape and not np.allclose(after, before)
     assert "macenko" in json.dumps(dict(store.group["features/handcrafted"].attrs))
+
+
+def test_tile_command_with_roi_and_tissue_export(cmu_slide, tmp_path):
+    from shapely.geometry import box
+
+    from slidestream.wsi.qupath import region_features, write_geojson
+
+    roi = tmp_path / "roi.geojson"
+    write_geojson(roi, region_features(box(0, 1400, 2220, 2967), "Region", (0, 0, 255)))
+    r = CliRunner().invoke(main, ["tile", str(cmu_slide), "--out", str(tmp_path / "a"), "--roi", str(roi),
+                                  "--export-tissue"])
+    assert r.exit_code == 0, r.output
+    full = CliRunner().invoke(main, ["tile", str(cmu_slide), "--out", str(tmp_path / "b")])
+    assert full.exit_code == 0
+    part = SlideStore.open(tmp_path / "a" / "CMU-1-Small-Region.zarr")
+    whole = SlideStore.open(tmp_path / "b" / "CMU-1-Small-Region.zarr")
+    assert 0 < part.n_tiles < whole.n_tiles
+    assert (part.coords[:, 1] + part.tiling["extent0"] / 2 >= 1400).all()
+    doc = json.loads((tmp_path / "a" / "CMU-1-Small-Region.tissue.geojson").read_text())
+    assert check_qupath_geojson(doc) == [] and doc["features"][0]["properties"]["classification"]["name"] == "Tissue"
