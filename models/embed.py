@@ -24,9 +24,10 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,8 +79,8 @@ class EmbedResult:
 
     @property
     def patches_per_s(self) -> float:
-        """Tiles embedded per second by this call (NaN when nothing ran)."""
-        return self.n_embedded / self.seconds if self.seconds > 0 and self.n_embedded else float("nan")
+        """Tiles embedded per second by this call (0 when there was nothing left to embed)."""
+        return self.n_embedded / self.seconds if self.seconds > 0 and self.n_embedded else 0.0
 
 
 def feature_attrs(encoder, *, dtype: torch.dtype | None = None, stain: dict | None = None) -> dict:
@@ -208,9 +209,11 @@ def embed_store(
     from_patches = store.has_patches and store.is_complete("patches")
     stain_record = None
     if stain is not None:
-        if from_patches and store.attrs.get("stain"):
-            raise ConfigError(f"{store.path}: the stored patches are stain-normalised already "
-                              f"({store.attrs['stain'].get('method', 'see store attrs')}); drop the stain transform")
+        applied = store.attrs.get("stain")
+        if from_patches and applied:
+            method = applied.get("method", "see the store's attrs") if isinstance(applied, dict) else applied
+            raise ConfigError(f"{store.path}: the stored patches are stain-normalised already ({method}); "
+                              "drop the stain transform")
         if not (hasattr(stain, "transform") and hasattr(stain, "to_dict")):
             raise ConfigError("stain must be a stain normaliser (with transform() and to_dict()), "
                               "e.g. slidestream.stain.get_normalizer('macenko')")
