@@ -49,6 +49,7 @@ class BenchConfig:
     test_fraction: float = 0.4
     stain: str | None = None
     device: str = "cpu"
+    scheduler: str | None = None
     min_detection_score: float = 0.5
     nms_radius_um: float = 200.0
     tiling: TilingParams = field(default_factory=TilingParams)
@@ -230,9 +231,10 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
                           f"train, {len(test)} test)")
 
     stores_dir = out_dir / "stores"
-    tile_batch(inputs, stores_dir, config.tiling, stain=config.stain, reporter=reporter)
+    tile_batch(inputs, stores_dir, config.tiling, stain=config.stain, scheduler=config.scheduler, reporter=reporter)
     embed_batch(store_paths(stores_dir, [it.slide_id for it in inputs if (stores_dir / f"{it.slide_id}.zarr").exists()]),
-                config.encoder, weights=config.weights, device=config.device, reporter=reporter)
+                config.encoder, weights=config.weights, device=config.device, scheduler=config.scheduler,
+                reporter=reporter)
 
     checkpoint = out_dir / "model"
     train_cfg = TrainConfig(head=config.head, epochs=config.epochs, lr=config.lr, seed=config.seed,

@@ -7,7 +7,9 @@ Each stage takes a list of inputs, runs slide by slide, records failures instead
 from __future__ import annotations
 
 import csv
+import errno
 import os
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -51,6 +53,10 @@ class QuietReporter:
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, SlidestreamError):
         return str(exc)
+    if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+        from .distributed_run import exc_text
+
+        return exc_text(exc)
     # An unexpected error: keep the last frame so a bug report has a place to look.
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
@@ -67,6 +73,7 @@ def run_per_slide(items: list, stage: str, fn, reporter: Reporter, *, label=lamb
             try:
                 details = fn(it) or {}
                 status = details.pop("_status", "ok")
+                details.pop("_seconds", None)
                 outcomes.append(SlideOutcome(label(it), path(it), status, time.perf_counter() - t0, None, details))
             except KeyboardInterrupt:
                 raise
@@ -138,24 +145,76 @@ def tile_batch(
             return roi_from_file(found[0]) if found else None
         return roi_from_file(path)
 
-    def one(it: SlideInput) -> dict:
-        with slide_lock(out_dir, it.slide_id), reporter.task(f"tile {it.slide_id}", None) as t:
-            res: TileResult = tile_slide(it.path, out_dir, params, mpp=it.mpp, save_patches=save_patches,
-                                         overwrite=overwrite, workers=workers, scheduler=scheduler,
-                                         stain=make_normalizer(stain, stain_reference), roi=roi_for(it),
-                                         slide_id=it.slide_id, progress=lambda d, n: t.update(d, n))
-            if export_tissue:
-                from .tiling.regions import write_tissue_geojson
+    options = {"save_patches": save_patches, "overwrite": overwrite, "stain": stain,
+               "stain_reference": stain_reference, "export_tissue": export_tissue}
+    record_params = {**params.to_dict(), "save_patches": save_patches, "stain": stain,
+                     "stain_reference": stain_reference, "scheduler": scheduler, "roi": str(roi) if roi else None}
+    if scheduler:
+        from .distributed_run import batch_client, run_on_cluster
 
-                write_tissue_geojson(res.store, out_dir / f"{it.slide_id}.tissue.geojson")
-        return {"tiles": res.n_tiles, "tissue_mm2": round(res.tissue_area_mm2, 3), "action": res.action,
-                "store": str(res.store), "_status": "skipped" if res.action == "up-to-date" else "ok"}
+        out_dir = out_dir.resolve()
+        with batch_client(scheduler, log=reporter.log) as client, \
+                reporter.task(f"tile: {len(inputs)} slide(s) on {client.scheduler.address}", len(inputs)) as t:
+            outcomes, cluster = run_on_cluster(
+                client, inputs, tile_slide_job,
+                lambda it: (str(Path(it.path).resolve()), str(out_dir), params, it.slide_id, it.mpp, roi_for(it),
+                            workers or 1, options),
+                stage="tile", label=lambda it: it.slide_id, path=lambda it: str(it.path),
+                on_done=lambda d: t.update(d), log=reporter.log)
+        write_run_record(out_dir, "tile", outcomes, {**record_params, "cluster": cluster.to_dict()})
+        return outcomes
+
+    def one(it: SlideInput) -> dict:
+        with reporter.task(f"tile {it.slide_id}", None) as t:
+            return tile_slide_job(it.path, out_dir, params, it.slide_id, it.mpp, roi_for(it), workers, options,
+                                  progress=lambda d, n: t.update(d, n))
 
     outcomes = run_per_slide(inputs, "tile", one, reporter)
-    write_run_record(out_dir, "tile", outcomes, {**params.to_dict(), "save_patches": save_patches,
-                                                 "stain": stain, "stain_reference": stain_reference,
-                                                 "scheduler": scheduler, "roi": str(roi) if roi else None})
+    write_run_record(out_dir, "tile", outcomes, record_params)
     return outcomes
+
+
+def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params: TilingParams, slide_id: str,
+                   mpp: float | None, roi, workers: int | None, options: dict, progress=None) -> dict:
+    """Tile one slide under its lock: the unit of work of :func:`tile_batch`, locally or on a cluster worker.
+
+    Parameters
+    ----------
+    slide_path, out_dir : path
+        As seen by the process running the job (on a cluster: the worker's file system).
+    params : TilingParams
+    slide_id : str
+    mpp : float or None
+        Level-0 µm/px override.
+    roi : shapely geometry or None
+        Region of interest in level-0 pixels.
+    workers : int or None
+        Reader threads inside this job.
+    options : dict
+        ``save_patches``, ``overwrite``, ``stain``, ``stain_reference``, ``export_tissue`` of :func:`tile_batch`.
+
+    Returns
+    -------
+    dict
+        Outcome details: ``tiles``, ``tissue_mm2``, ``action``, ``chunks_written``, ``store``, ``worker`` and the
+        private ``_status``/``_seconds`` keys read by the batch runners.
+    """
+    from .distributed_run import where_am_i
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    with slide_lock(out_dir, slide_id):
+        res: TileResult = tile_slide(slide_path, out_dir, params, mpp=mpp, save_patches=options["save_patches"],
+                                     overwrite=options["overwrite"], workers=workers,
+                                     stain=make_normalizer(options["stain"], options["stain_reference"]), roi=roi,
+                                     slide_id=slide_id, progress=progress)
+        if options["export_tissue"]:
+            from .tiling.regions import write_tissue_geojson
+
+            write_tissue_geojson(res.store, out_dir / f"{slide_id}.tissue.geojson")
+    return {"tiles": res.n_tiles, "tissue_mm2": round(res.tissue_area_mm2, 3), "action": res.action,
+            "chunks_written": res.chunks_written, "store": str(res.store), "worker": where_am_i(),
+            "_status": "skipped" if res.action == "up-to-date" else "ok", "_seconds": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------------------------------------------- embedding
@@ -177,6 +236,7 @@ def embed_batch(
     overwrite: bool = False,
     stain: str | None = None,
     stain_reference: str | None = None,
+    scheduler: str | None = None,
     reporter: Reporter | None = None,
     encoder=None,
 ) -> list[SlideOutcome]:
@@ -184,26 +244,105 @@ def embed_batch(
 
     ``stain`` normalises tiles on the encoder's device on the fly, with the source stain estimated once per slide
     from an evenly spread sample of its tiles (for stores whose patches were not normalised at tiling).
-    """
-    from .models import create_encoder
-    from .models.embed import embed_store
 
+    ``scheduler`` (a ``dask.distributed`` address, or "local" for a local cluster) makes each store one task on
+    the cluster's workers; every worker process creates the encoder once (:func:`embed_store_job`) and the stores
+    (and the slides, for stores without patches) must be at the same paths on the workers.
+    """
     reporter = reporter or QuietReporter()
+    options = {"weights": weights, "device": device, "batch_size": batch_size, "overwrite": overwrite,
+               "stain": stain, "stain_reference": stain_reference}
+    params = {"encoder": encoder_name, "weights": weights, "device": device, "stain": stain,
+              "stain_reference": stain_reference, "scheduler": scheduler}
+
+    def label(p) -> str:
+        return Path(p).name.removesuffix(".zarr")
+
+    if scheduler:
+        from .distributed_run import batch_client, run_on_cluster
+
+        stores = [Path(p).resolve() for p in stores]
+        with batch_client(scheduler, log=reporter.log) as client, \
+                reporter.task(f"embed: {len(stores)} store(s) on {client.scheduler.address}", len(stores)) as t:
+            outcomes, cluster = run_on_cluster(client, stores, embed_store_job,
+                                               lambda p: (str(p), encoder_name, options), stage="embed",
+                                               label=label, path=str, on_done=lambda d: t.update(d),
+                                               log=reporter.log)
+        if any(o.details.get("random_weights") for o in outcomes):
+            reporter.log(f"[yellow]warning[/yellow]: encoder {encoder_name!r} has RANDOM weights; its features are "
+                         "not meaningful for diagnosis")
+        if stores:
+            write_run_record(stores[0].parent, "embed", outcomes, {**params, "cluster": cluster.to_dict()})
+        return outcomes
+
     if encoder is None:
+        from .models import create_encoder
+
+        # not the per-process cache: a weights file may have changed since an earlier batch of this process
         encoder = create_encoder(encoder_name, weights=weights, device=device)
     if encoder.random_init:
         reporter.log(f"[yellow]warning[/yellow]: encoder {encoder_name!r} has RANDOM weights "
                      f"({encoder.weights_source}); its features are not meaningful for diagnosis")
 
     def one(path: Path) -> dict:
-        with slide_lock(path.parent, path.name.removesuffix(".zarr")):
-            return embed_one(path)
+        with reporter.task(f"embed {label(path)}", None) as t:
+            return embed_store_job(path, encoder_name, options, encoder=encoder,
+                                   progress=lambda d, n: t.update(d, n))
 
-    def embed_one(path: Path) -> dict:
+    outcomes = run_per_slide(stores, "embed", one, reporter, label=label, path=str)
+    if stores:
+        write_run_record(stores[0].parent, "embed", outcomes, {**params, "weights": encoder.weights_source})
+    return outcomes
+
+
+# One encoder per (name, weights, device) per process: a cluster worker embeds many stores with the model it
+# loaded for the first one.
+_ENCODERS: dict[tuple, Any] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+def _cached_encoder(name: str, weights: str, device: str):
+    from .models import create_encoder
+
+    with _ENCODERS_LOCK:
+        key = (name, str(weights), str(device))
+        if key not in _ENCODERS:
+            _ENCODERS[key] = create_encoder(name, weights=weights, device=device)
+        return _ENCODERS[key]
+
+
+def embed_store_job(path: str | os.PathLike, encoder_name: str, options: dict, *, encoder=None,
+                    progress=None) -> dict:
+    """Embed one store under its slide lock: the unit of work of :func:`embed_batch`, locally or on a worker.
+
+    Parameters
+    ----------
+    path : path
+        The store, as seen by the process running the job.
+    encoder_name : str
+    options : dict
+        ``weights``, ``device``, ``batch_size``, ``overwrite``, ``stain``, ``stain_reference`` of
+        :func:`embed_batch`.
+    encoder : Encoder, optional
+        Default: created once per process and kept for the next stores.
+
+    Returns
+    -------
+    dict
+        ``tiles``, ``patches_per_s``, ``chunks_written``, ``worker``, ``random_weights`` and the private
+        ``_status``/``_seconds`` keys.
+    """
+    from .distributed_run import where_am_i
+    from .models.embed import embed_store
+
+    t0 = time.perf_counter()
+    path = Path(path)
+    encoder = encoder or _cached_encoder(encoder_name, options["weights"], options["device"])
+    with slide_lock(path.parent, path.name.removesuffix(".zarr")):
         store = SlideStore.open(path, mode="r+")
         if store.status.get("tiling") != "complete":
             raise StoreError(f"{path}: tiling is not complete; rerun `slidestream tile` first")
-        norm = make_normalizer(stain, stain_reference)
+        norm = make_normalizer(options["stain"], options["stain_reference"])
         if norm is not None and store.n_tiles:
             idx = np.unique(np.linspace(0, store.n_tiles - 1, min(store.n_tiles, 64)).round().astype(int))
             if store.has_patches and store.is_complete("patches"):
@@ -218,19 +357,12 @@ def embed_batch(
                 with open_slide(store.slide["path"]) as slide:
                     sample = np.stack([read_tile(slide, xy, plan) for xy in store.coords[idx]])
             norm.fit_source(sample)
-        with reporter.task(f"embed {store.slide_id}", store.n_tiles) as t:
-            res = embed_store(store, encoder, batch_size=batch_size, overwrite=overwrite, stain=norm,
-                              progress=lambda d, n: t.update(d, n))
-        status = "skipped" if res.chunks_written == 0 else "ok"
-        return {"tiles": res.n_tiles, "patches_per_s": round(res.patches_per_s, 1), "_status": status}
-
-    outcomes = run_per_slide(stores, "embed", one, reporter, label=lambda p: p.name.removesuffix(".zarr"),
-                             path=str)
-    if stores:
-        write_run_record(stores[0].parent, "embed", outcomes,
-                         {"encoder": encoder_name, "weights": encoder.weights_source, "device": device,
-                          "stain": stain, "stain_reference": stain_reference})
-    return outcomes
+        res = embed_store(store, encoder, batch_size=options["batch_size"], overwrite=options["overwrite"],
+                          stain=norm, progress=progress)
+    status = "skipped" if res.chunks_written == 0 else "ok"
+    return {"tiles": res.n_tiles, "patches_per_s": round(res.patches_per_s, 1), "chunks_written": res.chunks_written,
+            "worker": where_am_i(), "random_weights": bool(encoder.random_init), "_status": status,
+            "_seconds": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------------------------------------------- bags
@@ -548,12 +680,14 @@ def run_inference(
     device: str = "cpu",
     threshold: float | None = 0.5,
     save_patches: bool = False,
+    scheduler: str | None = None,
     reporter: Reporter | None = None,
 ) -> RunSummary:
     """The whole inference path for new slides: tile → embed (the checkpoint's encoder) → predict → outputs.
 
     Writes ``<out>/stores/<slide_id>.zarr``, ``<out>/<slide_id>.geojson``, ``<out>/<slide_id>.heatmap.png`` and
-    ``<out>/predictions.csv``. Slides that fail at any stage are reported and skipped.
+    ``<out>/predictions.csv``. Slides that fail at any stage are reported and skipped. ``scheduler`` runs the
+    tiling and embedding on a ``dask.distributed`` cluster (see :func:`tile_batch`).
     """
     from .mil import load_checkpoint
 
@@ -563,10 +697,12 @@ def run_inference(
     tiling = meta.get("tiling", {})
     params = TilingParams(**{k: v for k, v in tiling.items() if k in ("mpp", "tile_size", "overlap", "min_tissue")})
     stores_dir = out_dir / "stores"
-    outcomes = {"tile": tile_batch(inputs, stores_dir, params, save_patches=save_patches, reporter=reporter)}
+    outcomes = {"tile": tile_batch(inputs, stores_dir, params, save_patches=save_patches, scheduler=scheduler,
+                                   reporter=reporter)}
     ok = [it for it, o in zip(inputs, outcomes["tile"]) if o.status != "failed"]
     paths = store_paths(stores_dir, [it.slide_id for it in ok])
-    outcomes["embed"] = embed_batch(paths, meta["encoder"], weights=weights, device=device, reporter=reporter)
+    outcomes["embed"] = embed_batch(paths, meta["encoder"], weights=weights, device=device, scheduler=scheduler,
+                                    reporter=reporter)
     paths = [p for p, o in zip(paths, outcomes["embed"]) if o.status != "failed"]
     model_name = Path(checkpoint).name
     rows, outcomes["predict"] = predict_stores(paths, checkpoint, model_name=model_name, reporter=reporter)

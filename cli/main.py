@@ -183,8 +183,9 @@ def _exit_for(outcomes) -> None:
 @click.option("--stain-reference", default="default", show_default=True,
               help="Target stain: an RGB image file, or 'default' (a standard H&E reference).")
 @click.option("--scheduler", envvar="SLIDESTREAM_SCHEDULER", default=None,
-              help="Address of a dask.distributed scheduler (tcp://host:8786) to run the tiling on; the slides "
-                   "and --out must be on a file system the workers share. Default: local threads.")
+              help="Address of a dask.distributed scheduler (tcp://host:8786) to run the batch on, one task per "
+                   "slide, or 'local' for a local cluster on 127.0.0.1; the slides and --out must be on a file "
+                   "system the workers share. Default: local threads.")
 @click.option("--roi", type=click.Path(exists=True, path_type=Path), default=None,
               help="Only tile inside these regions: a QuPath GeoJSON / ASAP XML file for every slide, or a folder "
                    "of <slide_id>.geojson/.xml files.")
@@ -238,13 +239,16 @@ def _stores_from(args) -> list[Path]:
 @click.option("--stain-reference", default="default", show_default=True,
               help="Target stain: an RGB image file, or 'default' (a standard H&E reference).")
 @click.option("--overwrite", is_flag=True, help="Recompute existing features.")
-def embed(stores, encoder, weights, device, batch_size, stain, stain_reference, overwrite):
+@click.option("--scheduler", envvar="SLIDESTREAM_SCHEDULER", default=None,
+              help="Address of a dask.distributed scheduler (tcp://host:8786), or 'local' for a local cluster on "
+                   "127.0.0.1: one task per store/slide on the workers (shared file system). Default: this process.")
+def embed(stores, encoder, weights, device, batch_size, stain, stain_reference, overwrite, scheduler):
     """Embed the tiles of STORES (store paths or folders of stores) into features/<encoder>."""
     from ..pipeline import embed_batch
 
     outcomes = embed_batch(_stores_from(stores), encoder, weights=weights, device=device, batch_size=batch_size,
                            overwrite=overwrite, stain=None if stain == "none" else stain,
-                           stain_reference=stain_reference, reporter=RichReporter(err))
+                           stain_reference=stain_reference, scheduler=scheduler, reporter=RichReporter(err))
     _summary_table(f"embedding ({encoder})", outcomes, ["tiles", "patches_per_s"])
     _exit_for(outcomes)
 
@@ -266,6 +270,27 @@ def encoders(as_json):
         t.add_row(*(str(r.get(c) if r.get(c) is not None else "-") for c in
                     ("name", "hub_id", "embed_dim", "input_size", "pooling", "dtype", "license")))
     out.print(t)
+
+
+@main.command("export-features")
+@click.argument("stores", nargs=-1, required=True)
+@click.option("--encoder", required=True, help="Which features/<encoder> to export.")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", default="h5,pt", show_default=True,
+              help="Comma-separated: h5 (TRIDENT/CLAM-style features + coords + attrs), pt (a plain (N, D) tensor).")
+@click.option("--layout", type=click.Choice(["flat", "clam"]), default="flat", show_default=True,
+              help="flat: <out>/<slide>.h5 and .pt; clam: <out>/h5_files/ and <out>/pt_files/ as CLAM expects.")
+def export_features(stores, encoder, out, fmt, layout):
+    """Write the features of STORES as HDF5 and .pt bags, so other MIL code can use them."""
+    from ..models.export import export_features as export_one
+    from ..pipeline import run_per_slide
+
+    formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
+    outcomes = run_per_slide(_stores_from(stores), "export", lambda p: {
+        k: str(v) for k, v in export_one(p, encoder, out, formats, layout=layout).items()},
+        RichReporter(err), label=lambda p: p.name.removesuffix(".zarr"), path=str)
+    _summary_table("export", outcomes, list(formats))
+    _exit_for(outcomes)
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -345,14 +370,17 @@ def predict(manifest, stores, checkpoint, out, threshold, stratify):
 @click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
 @click.option("--threshold", type=float, default=0.5, show_default=True,
               help="Normalised attention above which tiles are merged into 'High attention' regions.")
-def run(slides, checkpoint, out, weights, device, mpp, threshold):
+@click.option("--scheduler", envvar="SLIDESTREAM_SCHEDULER", default=None,
+              help="Address of a dask.distributed scheduler (tcp://host:8786), or 'local' for a local cluster on "
+                   "127.0.0.1: one task per store/slide on the workers (shared file system). Default: this process.")
+def run(slides, checkpoint, out, weights, device, mpp, threshold, scheduler):
     """The whole inference path for new SLIDES: tile, embed with the checkpoint's encoder, predict, and write
     QuPath GeoJSON, PNG heatmaps and predictions.csv."""
     from ..batch import collect_inputs
     from ..pipeline import run_inference
 
     summary = run_inference(collect_inputs(slides, mpp=mpp), checkpoint, out, weights=weights, device=device,
-                            threshold=threshold, reporter=RichReporter(err))
+                            threshold=threshold, scheduler=scheduler, reporter=RichReporter(err))
     _print_predictions(summary.rows)
     click.echo(f"predictions: {summary.predictions_csv}")
     for o in summary.failed:
@@ -496,8 +524,11 @@ def _print_scores(auc: dict, froc: dict | None, n: int) -> None:
 @click.option("--stain", type=click.Choice(["none", "macenko", "reinhard", "vahadane"]), default="none",
               show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--scheduler", envvar="SLIDESTREAM_SCHEDULER", default=None,
+              help="Address of a dask.distributed scheduler (tcp://host:8786), or 'local' for a local cluster on "
+                   "127.0.0.1, for the tiling and embedding stages.")
 def bench(source, out, encoder, weights, head, folds, epochs, seed, target_mpp, tile_size, overlap, min_tissue,
-          stain, device):
+          stain, device, scheduler):
     """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
     manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
     the official lesion FROC, ROC/FROC plots, bench.json and report.md. Rerunning after an interruption skips
@@ -506,7 +537,7 @@ def bench(source, out, encoder, weights, head, folds, epochs, seed, target_mpp, 
     from ..tiling.grid import TilingParams
 
     cfg = BenchConfig(encoder=encoder, weights=weights, head=head, folds=folds, epochs=epochs, seed=seed,
-                      stain=None if stain == "none" else stain, device=device,
+                      stain=None if stain == "none" else stain, device=device, scheduler=scheduler,
                       tiling=TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap,
                                           min_tissue=min_tissue))
     res = run_benchmark(source, out, cfg, reporter=RichReporter(err))

@@ -359,7 +359,9 @@ def run_graph(tasks: list, *, scheduler: str | None = None, workers: int | None 
         from distributed import Client, as_completed
 
         with Client(scheduler) as client:
-            futures = client.compute(tasks)
+            # a chunk whose task raised (a flaky network read) gets two more tries; a dead worker's chunks are
+            # re-run by the scheduler anyway
+            futures = client.compute(tasks, retries=2)
             for fut in as_completed(futures):
                 if on_done:
                     on_done(fut.result())
