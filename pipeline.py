@@ -128,7 +128,7 @@ def tile_batch(
     writes each slide's tissue outline as ``<slide_id>.tissue.geojson`` for QuPath.
 
     ``stain`` ("macenko", "reinhard", "vahadane" or None) normalises the stored patches, fitted per slide;
-    ``scheduler`` sends each slide's graph to a ``dask.distributed`` cluster.
+    ``scheduler`` (an address, or "local") runs the batch on a ``dask.distributed`` cluster, one task per slide.
     """
     reporter = reporter or QuietReporter()
     out_dir = Path(out_dir)
