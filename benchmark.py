@@ -139,8 +139,8 @@ def _lesion_confidence(store: SlideStore, model_name: str, probability: float) -
 def write_detections(stores: list[Path], rows: list[dict], model_name: str, out_dir: Path, config: BenchConfig,
                      ) -> dict[str, Path]:
     """Official ``confidence,X,Y`` CSVs (and QuPath point files) of lesion detections for every test slide."""
-    from .mil.detections import detection_features, detections_from_tiles, write_detections_csv
-    from .wsi.qupath import write_geojson
+    from .mil.detections import detections_from_tiles, write_detections_csv
+    from .wsi.qupath import point_features, write_geojson
 
     probs = {r["slide_id"]: r["calibrated_probability"] for r in rows}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def write_detections(stores: list[Path], rows: list[dict], model_name: str, out_
         bx, by, bw, bh = store.slide["bounds"]
         keep = c >= config.min_detection_score
         write_geojson(out_dir / f"{sid}.points.geojson",
-                      detection_features(pts[keep], c[keep], offset=(bx, by), slide_size=(bw, bh)))
+                      point_features(pts[keep], c[keep], offset=(bx, by), slide_size=(bw, bh)))
     return written
 
 

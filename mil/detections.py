@@ -5,7 +5,7 @@ A detection is a level-0 point with a confidence. :func:`detections_from_tiles` 
 centres: the best-scoring tile is kept, every tile whose centre lies within ``nms_radius_um`` of it is dropped,
 and so on. :func:`write_detections_csv` writes the ``confidence,X,Y`` file that
 :func:`slidestream.mil.froc.read_detections_csv` and the official CAMELYON16 evaluation read;
-:func:`detection_features` makes QuPath point annotations of the same detections.
+:func:`slidestream.wsi.qupath.point_features` makes QuPath point annotations of the same detections.
 
 Why NMS with a radius of ~200 µm by default: the FROC counts only the best detection inside a lesion, but
 every detection outside one is a false positive; lesions shorter than 200 µm are ITC and do not count, so two
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from .checkpoint import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_NMS_RADIUS_UM",
-    "detection_features",
     "detections_from_tiles",
     "write_detections_csv",
 ]
@@ -159,37 +157,3 @@ def write_detections_csv(path: str | os.PathLike, points: Any, confidences: Any)
     ixy = np.rint(xy).astype(np.int64)
     text = "".join(f"{float(c)!r},{x},{y}\n" for c, (x, y) in zip(p.tolist(), ixy.tolist()))
     return atomic_write_bytes(path, text.encode("ascii"))
-
-
-def detection_features(
-    points: Any,
-    confidences: Any | None = None,
-    *,
-    class_name: str | None = "Tumor",
-    object_type: str = "annotation",
-    offset: Sequence[float] = (0, 0),
-    slide_size: Sequence[float] | None = None,
-) -> list[dict]:
-    """QuPath Point Features for detections (measurement ``confidence``); see ``wsi.qupath.point_features``.
-
-    Parameters
-    ----------
-    points : (K, 2) float array_like
-        Level-0 ``x, y``.
-    confidences : (K,) float array_like, optional
-    class_name : str or None, default "Tumor"
-    object_type : {"annotation", "detection"}, default "annotation"
-    offset : (x, y), default (0, 0)
-        Subtracted from every point (OpenSlide bounds of MRXS slides).
-    slide_size : (w, h), optional
-        Points outside it are dropped.
-
-    Returns
-    -------
-    list of dict
-        Write with ``slidestream.wsi.qupath.write_geojson(path, features)``.
-    """
-    from ..wsi.qupath import point_features
-
-    return point_features(points, confidences, class_name, object_type=object_type, offset=offset,
-                          slide_size=slide_size)

@@ -9,7 +9,6 @@ import pytest
 from shapely.geometry import Point, box
 from slidestream.errors import ConfigError
 from slidestream.mil.detections import (
-    detection_features,
     detections_from_tiles,
     write_detections_csv,
 )
@@ -19,7 +18,7 @@ from slidestream.mil.froc import (
     evaluation_mask,
     read_detections_csv,
 )
-from slidestream.wsi.qupath import check_qupath_feature, write_geojson
+from slidestream.wsi.qupath import check_qupath_feature, point_features, write_geojson
 
 
 def _grid(nx, ny, tile=256):
@@ -119,9 +118,9 @@ def test_write_detections_csv_refuses_bad_input(tmp_path):
     assert (tmp_path / "a.csv").read_text() == ""
 
 
-def test_detection_features_are_qupath_points(tmp_path):
+def test_detections_as_qupath_points(tmp_path):
     pts = np.array([[100.5, 200.25], [5000, 5000], [20, 30]])
-    feats = detection_features(pts, [0.9, 0.8, 0.7], slide_size=(1000, 1000))
+    feats = point_features(pts, [0.9, 0.8, 0.7], slide_size=(1000, 1000))
     assert len(feats) == 2  # the point outside the slide is dropped
     assert feats[0]["geometry"] == {"type": "Point", "coordinates": [100.5, 200.25]}
     assert feats[0]["properties"]["measurements"] == {"confidence": 0.9}
