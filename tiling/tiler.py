@@ -92,13 +92,7 @@ def overview(slide: Slide, max_size: int) -> np.ndarray:
     -------
     (h, w, 3) uint8 array with ``max(h, w) == min(max_size, max(level-0 w, h))``.
     """
-    width, height = slide.dimensions
-    scale = min(1.0, max_size / max(width, height))
-    out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
-    level = 0
-    for i, (lw, lh) in enumerate(slide.level_dimensions):
-        if lw >= out_w and lh >= out_h and lw <= slide.level_dimensions[level][0]:
-            level = i
+    level, (out_w, out_h) = slide.overview_level(max_size)
     lw, lh = slide.level_dimensions[level]
     if lw * lh > _OVERVIEW_MAX_PIXELS:
         return slide.thumbnail(max_size)

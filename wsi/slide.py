@@ -497,6 +497,25 @@ class Slide:
             raise CorruptSlideError(self._path, f"{what}: the reader returned {region.shape} {region.dtype}")
         return region
 
+    def overview_level(self, max_size: int) -> tuple[int, tuple[int, int]]:
+        """Size of an overview no larger than `max_size` on its longer side, and the coarsest level at least
+        that large (the one to read it from without upsampling).
+
+        Returns
+        -------
+        level : int
+        size : (w, h)
+            ``max(w, h) == min(max_size, max(level-0 w, h))``, aspect ratio kept.
+        """
+        width, height = self.dimensions
+        scale = min(1.0, max_size / max(width, height))
+        out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+        level = 0
+        for candidate, (level_w, level_h) in enumerate(self._level_dimensions):
+            if level_w >= out_w and level_h >= out_h and level_w <= self._level_dimensions[level][0]:
+                level = candidate
+        return level, (out_w, out_h)
+
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
         """Whole-slide overview no larger than `max_size` on its longer side, aspect ratio kept.
 
@@ -520,13 +539,7 @@ class Slide:
             raise ConfigError(f"max_size must be a positive integer, got {max_size!r}") from None
         if max_side < 1:
             raise ConfigError(f"max_size must be a positive integer, got {max_size!r}")
-        width, height = self.dimensions
-        scale = min(1.0, max_side / max(width, height))
-        out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
-        level = 0
-        for candidate, (level_w, level_h) in enumerate(self._level_dimensions):
-            if level_w >= out_w and level_h >= out_h and level_w <= self._level_dimensions[level][0]:
-                level = candidate
+        level, (out_w, out_h) = self.overview_level(max_side)
         level_w, level_h = self._level_dimensions[level]
         downsample = self._level_downsamples[level]
         if (level_w, level_h) == (out_w, out_h):
