@@ -64,7 +64,7 @@ from slidestream.tiling.grid import (
 from slidestream.tiling.tiler import read_tile, resize_patch, tile_slide, tissue_mask
 from slidestream.wsi.direct import DirectTiffReader
 from slidestream.wsi.slide import open_slide
-from slidestream.wsi.synth import SynthConfig, write_synthetic_slide
+from _slides import synthetic_slide  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 Timing = tuple[float, float]  # (CPU seconds, wall seconds)
 
@@ -79,16 +79,7 @@ def bench_slide(args: argparse.Namespace) -> Path:
     if args.slide:
         return Path(args.slide)
     width, height = (int(v) for v in args.size.lower().split("x"))
-    cache = Path(args.cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"synth-{width}x{height}.svs"
-    if not path.is_file():
-        print(f"writing {path} (once) ...", flush=True)
-        t0 = time.perf_counter()
-        write_synthetic_slide(path, SynthConfig(width=width, height=height, mpp=0.25, tumor=True, jpeg_quality=70),
-                              annotation_dir=cache / "annotations")
-        print(f"  {time.perf_counter() - t0:.0f} s, {path.stat().st_size / 2**20:.0f} MiB", flush=True)
-    return path
+    return synthetic_slide(Path(args.cache_dir), width, height)
 
 
 def tissue_coords(path: Path, params: TilingParams) -> tuple[np.ndarray, ReadPlan]:

@@ -60,7 +60,7 @@ from slidestream.tiling.stored import ReducedTileReader, reduced_read
 from slidestream.tiling.tiler import read_tile, tile_slide
 from slidestream.wsi.direct import DirectTiffReader
 from slidestream.wsi.slide import open_slide, slide_id_from_path
-from slidestream.wsi.synth import SynthConfig, write_synthetic_slide
+from _slides import synthetic_slide  # noqa: E402  (bench/ is on sys.path when run as a script)
 from tifffile.tifffile import jpeg_decode_colorspace
 
 CHILD_ENV = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
@@ -86,18 +86,6 @@ class Run:
     @property
     def wall_rate(self) -> float:
         return self.tiles / self.wall_s
-
-
-def synthetic_slide(cache: Path, width: int, height: int) -> Path:
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"synth-{width}x{height}.svs"
-    if not path.is_file():
-        print(f"writing {path} (once) ...", flush=True)
-        t0 = time.perf_counter()
-        write_synthetic_slide(path, SynthConfig(width=width, height=height, mpp=0.25, tumor=True, jpeg_quality=70),
-                              annotation_dir=cache / "annotations")
-        print(f"  {time.perf_counter() - t0:.0f} s, {path.stat().st_size / 2**20:.0f} MiB", flush=True)
-    return path
 
 
 def slidestream_command() -> list[str]:
