@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     sample = tiles[:: max(1, len(tiles) // 64)]
     print(f"data: {origin}; timed batch {batch.shape}, one CPU core (torch threads={torch.get_num_threads()})")
 
+    t0 = time.perf_counter()
+    get_normalizer("macenko").transform(batch[:1])
+    print(f"first transform in this process (compiled kernel load, or compile on a fresh install): "
+          f"{time.perf_counter() - t0:.2f} s")
     norm = get_normalizer("macenko")
     t0 = time.perf_counter()
     norm.fit_source(sample)

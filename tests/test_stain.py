@@ -24,7 +24,7 @@ from slidestream.stain import (
     stain_concentrations,
 )
 from slidestream.stain._color import lab_to_rgb, lab_to_rgb_torch, rgb_to_lab, rgb_to_lab_torch
-from slidestream.stain._kernel import apply_log_affine_numpy, apply_log_affine_torch
+from slidestream.stain._kernel import apply_log_affine_numpy, apply_log_affine_torch, log_affine_torch_math
 from slidestream.stain.augment import RUIFROK_HED
 
 METHODS = ["macenko", "reinhard", "vahadane"]
@@ -357,7 +357,8 @@ def test_min_tissue_pixels_is_the_threshold():
 
 @pytest.mark.parametrize("shape", [(3, 7, 5, 3), (2, 64, 64, 3), (1, 1, 1, 3), (4, 129, 3, 3)])
 def test_kernels_match_float64_reference(shape):
-    """Both per-pixel kernels against ``round(exp(ln(I + 1) @ A + b) - 1)`` in float64, per image."""
+    """The compiled CPU kernel and the accelerator math (run here on the CPU) against
+    ``round(exp(ln(I + 1) @ A + b) - 1)`` in float64, per image."""
     rng = np.random.default_rng(sum(shape))
     x = rng.integers(0, 256, shape, dtype=np.uint8)
     n = shape[0]
@@ -369,10 +370,12 @@ def test_kernels_match_float64_reference(shape):
     y = np.einsum("npk,nkc->npc", logs, a) + b[:, None, :]
     expected = np.clip(np.rint(np.exp(np.minimum(y, np.log(256.0))) - 1.0), 0, 255).reshape(shape)
     got_np = apply_log_affine_numpy(x, a, b)
-    got_t = apply_log_affine_torch(torch.from_numpy(x), torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    got_t = log_affine_torch_math(torch.from_numpy(x), torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    got_cpu_tensor = apply_log_affine_torch(torch.from_numpy(x), torch.from_numpy(a), torch.from_numpy(b)).numpy()
     assert np.abs(got_np.astype(int) - expected).max() <= 1
     assert np.abs(got_t.astype(int) - expected).max() <= 1
     assert (got_np != expected).mean() < 1e-3
+    np.testing.assert_array_equal(got_cpu_tensor, got_np)  # CPU tensors take the compiled kernel
 
 
 
@@ -450,3 +453,17 @@ def test_augment_hed_scales_and_shifts_stain_concentrations(tiles):
     # rounding to integers perturbs OD by up to ~0.5/(I+1); the comparison tolerance covers that
     assert np.abs(c_out[ok] - expected[ok]).mean() < 0.01
     assert np.abs(c_out[ok] - c_in[ok]).mean() > 0.05  # and it did change them
+
+
+def test_kernel_saturates_extreme_maps_without_overflow():
+    """Maps far outside any plausible stain transform still give clean saturated uint8 (no inf/NaN inside)."""
+    x = np.array([[[[0, 0, 0], [10, 10, 10], [255, 0, 255], [1, 254, 3]]]], np.uint8)
+    for scale, shift in [(40.0, 0.0), (-40.0, 0.0), (40.0, -500.0), (0.0, 500.0), (0.0, -500.0)]:
+        a, b = np.eye(3)[None] * scale, np.full((1, 3), shift)
+        with np.errstate(all="raise"):
+            got = apply_log_affine_numpy(x, a, b)
+        y = np.log(x.astype(np.float64) + 1.0) @ a[0] + b[0]
+        expected = np.clip(np.rint(np.exp(np.clip(y, -50, np.log(256.0))) - 1.0), 0, 255)
+        np.testing.assert_array_equal(got, expected)
+        t = log_affine_torch_math(torch.from_numpy(x), torch.from_numpy(a), torch.from_numpy(b))
+        np.testing.assert_array_equal(t.numpy(), expected)

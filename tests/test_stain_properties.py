@@ -22,6 +22,7 @@ from slidestream.stain import (
     from_dict,
     get_normalizer,
 )
+from slidestream.stain._kernel import apply_log_affine_numpy, log_affine_torch_math
 
 METHODS = ["macenko", "reinhard", "vahadane"]
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -138,3 +139,24 @@ def test_augment_hed_is_total(batch, sigma, bias, seed):
     assert np.abs(out.astype(int) - out_t.numpy()).max() <= 1
     single = augment_hed(batch[0], sigma=sigma, bias=bias, rng=seed)
     assert single.shape == batch.shape[1:] and single.dtype == np.uint8
+
+
+@SETTINGS
+@given(
+    batch=images(),
+    matrix=arrays(np.float64, (3, 3), elements=st.floats(-3.0, 3.0)),
+    offset=arrays(np.float64, (3,), elements=st.floats(-6.0, 6.0)),
+)
+def test_compiled_kernel_and_torch_math_agree_with_float64(batch, matrix, offset):
+    """The CPU kernel's table-product form and the accelerator's log/exp form (on the CPU here) against float64."""
+    n = batch.shape[0]
+    a, b = np.broadcast_to(matrix, (n, 3, 3)), np.broadcast_to(offset, (n, 3))
+    y = np.log(batch.astype(np.float64) + 1.0) @ matrix + offset
+    expected = np.clip(np.rint(np.exp(np.minimum(y, np.log(256.0))) - 1.0), 0, 255)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = apply_log_affine_numpy(batch, a, b)
+        got_t = log_affine_torch_math(torch.from_numpy(batch), torch.from_numpy(a.copy()), torch.from_numpy(b.copy()))
+    _check_same_layout(got, batch)
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    assert np.abs(got_t.numpy().astype(int) - expected).max() <= 1
