@@ -202,11 +202,14 @@ class ReducedTileReader:
             if data:
                 rgbx = imagecodecs.jpeg8_decode(data, tables=level.jpegtables, colorspace=spec.colorspace,
                                                 outcolorspace=imagecodecs.JPEG8.CS.EXT_RGBX)
-                image = Image.frombuffer("RGBX", level.tile_size, rgbx, "raw", "RGBX", 0, 1)
+                image = Image.frombuffer("RGBX", level.tile_size, rgbx, "raw", "RGBX", 0, 1)  # no copy
             else:  # other compressions, and tiles missing from the file (white): the direct reader's decoding
                 image = Image.fromarray(self.reader.decode_tile(spec.level, column, row))
-            # Image.reduce is resize_patch's own reduction: the same arithmetic per k x k block
-            tile = np.asarray(image.reduce(spec.factor))[..., :3]
+            # Image.reduce is resize_patch's own reduction: the same arithmetic per k x k block. PIL packs the
+            # result to (h, w, 3) in C: patches then assemble from contiguous rows, ~25x faster than copying the
+            # RGB of strided RGBX pixels.
+            small = image.reduce(spec.factor)
+            tile = np.frombuffer(small.tobytes("raw", "RGB"), np.uint8).reshape(small.height, small.width, 3)
             self.cache.put(key, tile)
         return tile
 
