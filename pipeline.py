@@ -189,7 +189,7 @@ def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, pa
     roi : shapely geometry or None
         Region of interest in level-0 pixels.
     workers : int or None
-        Reader threads inside this job.
+        Local workers inside this job (processes on Linux, else threads).
     options : dict
         ``save_patches``, ``overwrite``, ``stain``, ``stain_reference``, ``export_tissue`` of :func:`tile_batch`.
 

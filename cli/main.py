@@ -177,7 +177,8 @@ def _exit_for(outcomes) -> None:
 @click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
 @click.option("--save-patches/--no-save-patches", default=True, show_default=True,
               help="Store RGB patches (otherwise only coordinates; embedding then reads the slide).")
-@click.option("--workers", type=int, default=None, help="Reader threads (default: CPU cores, at most 4).")
+@click.option("--workers", type=int, default=None,
+              help="Local workers per slide: processes on Linux, threads elsewhere (default: CPU cores).")
 @click.option("--stain", type=click.Choice(["none", "macenko", "reinhard", "vahadane"]), default="none",
               show_default=True, help="Normalise the stored patches (stain estimated once per slide).")
 @click.option("--stain-reference", default="default", show_default=True,
@@ -185,7 +186,7 @@ def _exit_for(outcomes) -> None:
 @click.option("--scheduler", envvar="SLIDESTREAM_SCHEDULER", default=None,
               help="Address of a dask.distributed scheduler (tcp://host:8786) to run the batch on, one task per "
                    "slide, or 'local' for a local cluster on 127.0.0.1; the slides and --out must be on a file "
-                   "system the workers share. Default: local threads.")
+                   "system the workers share. Default: local workers.")
 @click.option("--roi", type=click.Path(exists=True, path_type=Path), default=None,
               help="Only tile inside these regions: a QuPath GeoJSON / ASAP XML file for every slide, or a folder "
                    "of <slide_id>.geojson/.xml files.")

@@ -49,10 +49,12 @@ def test_qc_flags_blank_and_blurred_tiles():
     assert sharpness[0] > 100 * max(sharpness[1], 1e-3)
 
 
-def test_threads_and_distributed_cluster_give_identical_stores(synth_slide, tmp_path):
+def test_processes_threads_and_distributed_cluster_give_identical_stores(synth_slide, tmp_path):
     distributed = pytest.importorskip("distributed")
-    local = tile_slide(synth_slide, tmp_path / "local", PARAMS, workers=2, chunk_tiles=16)
+    local = tile_slide(synth_slide, tmp_path / "local", PARAMS, workers=2, chunk_tiles=16, processes=True)
     assert local.n_tiles > 40  # a graph of several chunks per worker
+    threads = tile_slide(synth_slide, tmp_path / "threads", PARAMS, workers=2, chunk_tiles=16, processes=False)
+    _assert_same(_arrays(local.store), _arrays(threads.store))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster:
         remote = tile_slide(synth_slide, tmp_path / "cluster", PARAMS, scheduler=cluster.scheduler_address,
@@ -126,3 +128,25 @@ def test_stain_normalised_tiling_is_recorded_and_resumable(synth_slide, tmp_path
     assert np.array_equal(SlideStore.open(res.store).patches[...], got)
     with pytest.raises(Exception, match="other parameters"):
         tile_slide(synth_slide, tmp_path / "norm", PARAMS, chunk_tiles=16, stain=get_normalizer("reinhard"))
+
+
+class _FailingStain:
+    """A stain normaliser whose transform fails, to see a worker's error reach the caller."""
+
+    def fit_source(self, tiles):
+        return None
+
+    def transform(self, batch):
+        raise ValueError("transform failed on purpose")
+
+    def to_dict(self):
+        return {"method": "failing"}
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_an_error_in_a_worker_reaches_the_caller_and_nothing_is_marked_done(synth_slide, tmp_path, processes):
+    with pytest.raises(ValueError, match="transform failed on purpose"):
+        tile_slide(synth_slide, tmp_path, PARAMS, workers=2, chunk_tiles=16, stain=_FailingStain(),
+                   processes=processes)
+    store = SlideStore.open(tmp_path / "slide.zarr")
+    assert not store.done_chunks("patches").any()
