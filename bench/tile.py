@@ -18,10 +18,11 @@ What is measured, and the targets of issue 3:
 2. ``20x``: ``slidestream tile --target-mpp 0.5 --tile-size 224 --workers 1`` from the 0.25 µm/px level against a
    CLAM-style OpenSlide loop over the same coordinates (``read_region(xy, 0, (448, 448)).convert("RGB")``, then
    PIL ``resize((224, 224))``): >= 3x.
-3. ``workers``: the native job with ``--workers 2`` on two CPUs against ``--workers 1`` on one, wall time:
-   >= 1.7x. (Meaningless while other processes load the CPUs: the 1-minute load average is printed.)
-4. ``--big``: peak RSS of ``slidestream tile`` (native 256 and 224 @ 0.5, 2 workers) on a 100000x100000 slide:
-   < 2 GB. Writing that slide takes several minutes the first time.
+3. ``workers``: ``--workers 2`` on two CPUs (on different physical cores where the topology says so) against
+   ``--workers 1`` on one, wall time, on the default job (224 px @ 0.5 µm/px): >= 1.7x; the native job's figure
+   is printed for information. (Meaningless while other processes load the CPUs: the load average is printed.)
+4. ``--big``: peak RSS of ``slidestream tile`` (native 256 and 224 @ 0.5, 2 workers) on a 100000x100000 slide,
+   summed over the tiling process and its worker processes: < 2 GB. Writing that slide takes several minutes the first time.
 5. ``--codecs``: lossless compressors for decoded patches (what the pixel path stores) on real H&E and on the
    synthetic slide: size ratio and CPU per tile.
 
@@ -74,7 +75,8 @@ class Run:
     tiles: int
     cpu_s: float
     wall_s: float
-    max_rss_mb: float
+    max_rss_mb: float  # the tiling process's own peak
+    tree_rss_mb: float  # peak of the summed RSS of the process and its worker processes
     store_mb: float
     encoding: str
     coords: np.ndarray  # level-0 x, y of the stored tiles
@@ -118,36 +120,52 @@ def run_tile(slide: Path, work: Path, *, mpp: float, tile_size: int, workers: in
     store = SlideStore.open(out / f"{slide_id_from_path(slide)}.zarr")
     size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
     run = Run(tiles=store.n_tiles, cpu_s=usage.ru_utime + usage.ru_stime, wall_s=wall,
-              max_rss_mb=peak.mib if peak.mib else usage.ru_maxrss / 1024, store_mb=size / 2**20, encoding=store.patch_encoding["name"],
+              max_rss_mb=peak.mib if peak.mib else usage.ru_maxrss / 1024,
+              tree_rss_mb=max(peak.tree_mib, peak.mib), store_mb=size / 2**20, encoding=store.patch_encoding["name"],
               coords=store.coords)
     shutil.rmtree(out)
     return run
 
 
 class PeakRSS:
-    """Peak resident memory of a running process: its VmHWM from /proc, sampled until :meth:`stop`.
+    """Peak resident memory of a running process and its worker processes, sampled until :meth:`stop`.
 
     Not ``ru_maxrss`` of the child: on Linux that includes the memory of the parent (this script) at fork time.
-    VmHWM is the high-water mark of the process's own address space after ``exec``, so sampling it often enough
-    to see it before the process exits gives the true peak.
+    Two figures: the process's own high-water mark (VmHWM from /proc, exact) and the peak of the summed RSS of the
+    process and all its descendants (the tiler's forked workers), sampled every ``interval`` seconds. The sum
+    counts pages the workers share with their parent once per process, so it overstates the true total: a
+    conservative figure for a memory bound.
     """
 
     def __init__(self, pid: int, interval: float = 0.02):
         import threading
 
-        self.mib = 0.0
+        import psutil
+
+        self.mib = 0.0  # VmHWM of the process itself
+        self.tree_mib = 0.0  # peak of the summed RSS of the process tree
+        self._proc = psutil.Process(pid)
         self._path = Path(f"/proc/{pid}/status")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._thread.start()
 
     def _run(self, interval: float) -> None:
+        import psutil
+
         while not self._stop.is_set():
             try:
                 for line in self._path.read_text().splitlines():
                     if line.startswith("VmHWM:"):
                         self.mib = max(self.mib, int(line.split()[1]) / 1024)
-            except (OSError, ValueError, IndexError):
+                total = self._proc.memory_info().rss
+                for child in self._proc.children(recursive=True):
+                    try:
+                        total += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.tree_mib = max(self.tree_mib, total / 2**20)
+            except (OSError, ValueError, IndexError, psutil.Error):
                 pass
             self._stop.wait(interval)
 
@@ -276,19 +294,47 @@ def bench_20x(slide: Path, work: Path, rounds: int, cpu: int, limit: int) -> boo
     return ok
 
 
+def distinct_core_cpus(cpus: list[int]) -> list[int]:
+    """``cpus`` reordered so that the last two sit on different physical cores where the topology says so.
+
+    Two hyperthreads of one core share its execution units: a 2-worker run on them measures the core, not the
+    tiler's scaling.
+    """
+    def core(c: int) -> tuple[str, str]:
+        base = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+        try:
+            return (base / "physical_package_id").read_text().strip(), (base / "core_id").read_text().strip()
+        except OSError:
+            return ("?", str(c))
+
+    last = cpus[-1]
+    for other in reversed(cpus[:-1]):
+        if core(other) != core(last):
+            return [c for c in cpus if c not in (other, last)] + [other, last]
+    return cpus
+
+
 def bench_workers(slide: Path, work: Path, rounds: int, cpus: list[int]) -> bool:
+    """2 workers vs 1 on the same job, wall time: the default job (224 px @ 0.5 µm/px, the target) and the native
+    256 px pass-through job (for information: its serial start-up and segmentation are a large share of a job
+    that short)."""
     with open_slide(slide) as s:
-        mpp = s.mpp
-    print(f"\n[workers] the native job, --workers 2 on CPUs {cpus[-2:]} vs --workers 1 on CPU {cpus[-1]} (wall); "
-          f"{load()}", flush=True)
-    ratios = []
-    for r in range(rounds):
-        one = run_tile(slide, work, mpp=mpp, tile_size=256, workers=1, cpus={cpus[-1]})
-        two = run_tile(slide, work, mpp=mpp, tile_size=256, workers=2, cpus=set(cpus[-2:]))
-        ratios.append(one.wall_s / two.wall_s)
-        print(f"  round {r + 1}: 1 worker {one.wall_s:.2f} s, 2 workers {two.wall_s:.2f} s wall "
-              f"(CPU {one.cpu_s:.2f} / {two.cpu_s:.2f} s); {load()}", flush=True)
-    return report("2 workers / 1 worker (wall)", ratios, 1.7)
+        native = s.mpp
+    pair = distinct_core_cpus(cpus)[-2:]
+    ok = True
+    for name, mpp, size, target in (("default job (224 px @ 0.5 µm/px)", 0.5, 224, 1.7),
+                                    (f"native job (256 px @ {native:g} µm/px, info)", native, 256, None)):
+        print(f"\n[workers] {name}: --workers 2 on CPUs {pair} vs --workers 1 on CPU {pair[-1]} (wall); {load()}",
+              flush=True)
+        ratios = []
+        for r in range(rounds):
+            one = run_tile(slide, work, mpp=mpp, tile_size=size, workers=1, cpus={pair[-1]})
+            two = run_tile(slide, work, mpp=mpp, tile_size=size, workers=2, cpus=set(pair))
+            ratios.append(one.wall_s / two.wall_s)
+            print(f"  round {r + 1}: {one.tiles} tiles; 1 worker {one.wall_s:.2f} s, 2 workers {two.wall_s:.2f} s "
+                  f"wall (CPU {one.cpu_s:.2f} / {two.cpu_s:.2f} s); {load()}", flush=True)
+        ok &= report("2 workers / 1 worker (wall)", ratios, target)
+    return ok
 
 
 def bench_big(cache: Path, work: Path, cpus: list[int]) -> bool:
@@ -301,7 +347,9 @@ def bench_big(cache: Path, work: Path, cpus: list[int]) -> bool:
         run = run_tile(slide, work, mpp=mpp, tile_size=size, workers=2, cpus=set(cpus[-2:]))
         print(f"  {size} px @ {mpp:g}: {run.tiles} tiles ({run.encoding}) in {run.wall_s:.1f} s wall, "
               f"{run.cpu_s:.1f} s CPU, store {run.store_mb:.0f} MiB", flush=True)
-        ok &= report(f"peak RSS, {size} px @ {mpp:g} (MiB)", [run.max_rss_mb], 2000, larger=False)
+        print(f"  peak RSS of the tiling process alone: {run.max_rss_mb:.0f} MiB", flush=True)
+        ok &= report(f"peak RSS, process + workers, {size} px @ {mpp:g} (MiB)", [run.tree_rss_mb], 2000,
+                     larger=False)
     return ok
 
 
