@@ -13,6 +13,7 @@ from slidestream.errors import ConfigError, StoreError
 from slidestream.tiling.codecs import JpegTileCodec, merge_jpeg_tables
 from slidestream.tiling.grid import TilingParams, grid_coords, plan_reads, tissue_fractions
 from slidestream.tiling.regions import roi_from_file, write_tissue_geojson
+from slidestream.tiling.qc import tile_stats
 from slidestream.tiling.store import SlideStore
 from slidestream.tiling.stored import jpeg_passthrough, reduced_read
 from slidestream.tiling.tiler import read_tile, tile_slide, tissue_polygons
@@ -288,14 +289,22 @@ def test_reduced_tile_reads_equal_region_reads(synth40, cmu_slide, tmp_path):
         spec = reduced_read(slide, plan_reads(params, slide.mpp, slide.level_downsamples), store.coords)
     assert spec is not None and spec.factor == 2 and spec.jpeg
     assert store.patch_encoding["name"] == "pixels"
-    assert np.array_equal(store.patches[...], _slide_reads(synth40, store))
+    patches = store.patches[...]
+    assert np.array_equal(patches, _slide_reads(synth40, store))
+    # QC measured on the luma assembled from the reduced tiles is exactly QC of the stored patches
+    expected = np.array([tile_stats(p) for p in patches], np.float32)
+    assert np.array_equal(store.group["qc/white"][...], expected[:, 0])
+    assert np.array_equal(store.group["qc/sharpness"][...], expected[:, 1])
     # real RGB JPEG with shared tables, 2x from the level (MPP overridden so the factor is whole)
     params = TilingParams(mpp=1.0, tile_size=120, min_tissue=0.25)
     store = SlideStore.open(tile_slide(cmu_slide, tmp_path / "b", params, mpp=0.5).store)
     with open_slide(cmu_slide, mpp=0.5) as slide:
         spec = reduced_read(slide, plan_reads(params, slide.mpp, slide.level_downsamples), store.coords)
     assert spec is not None and spec.colorspace == 2
-    assert np.array_equal(store.patches[...], _slide_reads(cmu_slide, store, mpp=0.5))
+    patches = store.patches[...]
+    assert np.array_equal(patches, _slide_reads(cmu_slide, store, mpp=0.5))
+    expected = np.array([tile_stats(p) for p in patches], np.float32)
+    assert np.array_equal(store.group["qc/sharpness"][...], expected[:, 1])
 
 
 def test_resume_of_a_jpeg_store_rewrites_only_missing_shards(synth40, tmp_path):
