@@ -14,7 +14,7 @@ from shapely.geometry import box
 from slidestream.tiling.grid import TilingParams
 from slidestream.tiling.qc import FLAG_BLANK, FLAG_BLURRED, tile_qc
 from slidestream.tiling.store import SlideStore
-from slidestream.tiling.tiler import tile_slide
+from slidestream.tiling.tiler import dispatch_order, run_graph, task_key, tile_slide
 from slidestream.wsi.synth import SynthConfig, write_synthetic_slide
 
 PARAMS = TilingParams(mpp=0.5, tile_size=224)
@@ -75,13 +75,13 @@ def test_roi_restricts_tiles(synth_slide, tmp_path):
 def _tile_cmd(slide, out):
     code = ("import sys; from slidestream.tiling.tiler import tile_slide; from slidestream.tiling.grid import "
             "TilingParams; tile_slide(sys.argv[1], sys.argv[2], TilingParams(mpp=0.5, tile_size=224), "
-            "chunk_tiles=8, workers=1)")
+            "chunk_tiles=4, workers=1)")
     return [sys.executable, "-c", code, str(slide), str(out)]
 
 
-@pytest.mark.parametrize("kill_after_chunks", [0, 2, 6])
+@pytest.mark.parametrize("kill_after_chunks", [0, 3, 8])
 def test_sigkill_then_resume_equals_uninterrupted(synth_slide, tmp_path, kill_after_chunks):
-    reference = tile_slide(synth_slide, tmp_path / "ref", PARAMS, chunk_tiles=8, workers=1)
+    reference = tile_slide(synth_slide, tmp_path / "ref", PARAMS, chunk_tiles=4, workers=1)
     out = tmp_path / "killed"
     store_path = out / "slide.zarr"
     proc = subprocess.Popen(_tile_cmd(synth_slide, out))
@@ -99,7 +99,7 @@ def test_sigkill_then_resume_equals_uninterrupted(synth_slide, tmp_path, kill_af
     finally:
         proc.wait()
     before = SlideStore.open(store_path).done_chunks().sum() if (store_path / "zarr.json").exists() else -1
-    resumed = tile_slide(synth_slide, out, PARAMS, chunk_tiles=8, workers=1)
+    resumed = tile_slide(synth_slide, out, PARAMS, chunk_tiles=4, workers=1)
     print(f"killed={killed} chunks done before resume={before} written on resume={resumed.chunks_written}")
     assert killed, "the tiling process finished before it could be killed: make the slide larger"
     assert resumed.action in ("resumed", "tiled")
@@ -150,3 +150,35 @@ def test_an_error_in_a_worker_reaches_the_caller_and_nothing_is_marked_done(synt
                    processes=processes)
     store = SlideStore.open(tmp_path / "slide.zarr")
     assert not store.done_chunks("patches").any()
+
+
+def test_dispatch_order_interleaves_contiguous_bands():
+    assert dispatch_order(list(range(7)), 1) == list(range(7))
+    assert dispatch_order(list(range(7)), 2) == [0, 4, 1, 5, 2, 6, 3]
+    assert dispatch_order([3, 5, 8], 4) == [3, 5, 8]
+    assert sorted(dispatch_order(list(range(100)), 3)) == list(range(100))
+    assert dispatch_order([], 2) == []
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_local_workers_start_tasks_in_rank_order(processes, tmp_path):
+    """The task keys make dask's local schedulers start chunks in dispatch order (one worker: exactly)."""
+    import dask
+
+    order = dispatch_order(list(range(23)), 2)
+    log = tmp_path / "log"
+
+    def note(chunk):
+        with open(log, "a") as f:
+            f.write(f"{chunk}\n")
+        return 1
+
+    task = dask.delayed(note, pure=False)
+    tasks = [task(ci, dask_key_name=task_key("s", rank, len(order), ci)) for rank, ci in enumerate(order)]
+    run_graph(tasks, workers=1)
+    assert [int(v) for v in log.read_text().split()] == order
+    log.unlink()
+    run_graph(tasks, workers=2, processes=processes)
+    started = [int(v) for v in log.read_text().split()]
+    assert sorted(started) == sorted(order)
+    assert started[:2] in (order[:2], order[1::-1])  # the first two go out first, one per worker

@@ -339,6 +339,27 @@ class _CountTiles(Callback):
             self.on_done(result)
 
 
+def dispatch_order(chunks: list[int], bands: int) -> list[int]:
+    """The order in which local workers should take ``chunks``: ``bands`` contiguous bands, interleaved.
+
+    Neighbouring chunks share stored tiles (a patch row and the next one read the same stored tile rows), and a
+    worker process caches the tiles it decoded. Taking chunks in turn from one band per worker keeps each worker
+    in its own part of the slide: with two processes taking consecutive chunks in turn, 29 % more stored tiles
+    are decoded than by one process (224 px @ 0.5 µm/px from 0.25 µm/px); with bands, 1 %.
+    """
+    n = len(chunks)
+    bands = max(1, min(bands, n))
+    edges = [round(i * n / bands) for i in range(bands + 1)]
+    parts = [chunks[edges[i]:edges[i + 1]] for i in range(bands)]
+    return [part[k] for k in range(max((len(p) for p in parts), default=0)) for part in parts if k < len(part)]
+
+
+def task_key(slide_id: str, rank: int, n: int, chunk: int) -> str:
+    """Dask key of a chunk's task. Dask's local schedulers start independent tasks in reverse order of their keys
+    (``tests/test_tiling_dask.py`` checks it), so a fixed-width, falling number makes ``rank`` the start order."""
+    return f"tile-{slide_id}-{n - rank:08d}-{chunk}"
+
+
 def local_processes_available() -> bool:
     """Whether local workers can be forked processes (Linux): they start in milliseconds with everything imported."""
     import multiprocessing
@@ -551,7 +572,9 @@ def tile_slide(
                        stain=stain, jpeg=jpeg, reduced=reduced, level_dimensions=level_dimensions)
         # The job goes in as a bound argument: dask would otherwise walk its fields for every task.
         task = dask.delayed(functools.partial(tile_chunk, job), pure=False)
-        tasks = [task(ci, coords[slices[ci]], dask_key_name=f"tile-{slide_id}-{ci}") for ci in todo]
+        order = dispatch_order(todo, 1 if scheduler else max(1, workers or os.cpu_count() or 1))
+        tasks = [task(ci, coords[slices[ci]], dask_key_name=task_key(slide_id, rank, len(order), ci))
+                 for rank, ci in enumerate(order)]
         try:
             written = len(run_graph(tasks, scheduler=scheduler, workers=workers, on_done=on_done,
                                       processes=processes))
