@@ -180,6 +180,11 @@ def test_changed_parameters_or_slide_are_refused(cmu_slide, tmp_path):
         tile_slide(cmu_slide, tmp_path / "out", TilingParams(mpp=1.0))
     rebuilt = tile_slide(cmu_slide, tmp_path / "out", TilingParams(mpp=1.0), overwrite=True)
     assert rebuilt.action == "tiled"
+    # A store whose QC was measured another way (as by an older version) is not resumed into
+    store = SlideStore.open(rebuilt.store, mode="r+")
+    store.update_attrs(tiling={**store.tiling, "qc_measure": "green channel"})
+    with pytest.raises(StoreError, match="qc_measure"):
+        tile_slide(cmu_slide, tmp_path / "out", TilingParams(mpp=1.0))
     # Same file name, different bytes: the fingerprint notices.
     copy = tmp_path / "slide" / cmu_slide.name
     copy.parent.mkdir()

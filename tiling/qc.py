@@ -9,6 +9,9 @@ import numpy as np
 FLAG_BLANK = 1
 FLAG_BLURRED = 2
 QC_FLAG_DOC = {"1": "blank (mostly white glass)", "2": "blurred (low Laplacian variance)"}
+#: What the QC values measure, recorded with a store's tiling parameters: a store whose chunks were measured
+#: otherwise (stores before luma QC measured the green channel) is not resumed into, so values are never mixed.
+QC_MEASURE = "luma: white on every 4th pixel, Laplacian variance on every 2nd"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from ..wsi.direct import DirectTiffReader
 from ..wsi.slide import Slide, open_slide, slide_id_from_path
 from .codecs import merge_jpeg_tables
 from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
-from .qc import QC_FLAG_DOC, QCConfig, luma_stats, qc_flags, tile_stats
+from .qc import QC_FLAG_DOC, QC_MEASURE, QCConfig, luma_stats, qc_flags, tile_stats
 from .store import JpegTiles, SlideStore, identity_dict, identity_of
 from .stored import ReducedRead, ReducedTileReader, jpeg_passthrough, reduced_read
 from .tissue import TissueConfig, mask_to_polygons, segment_tissue
@@ -503,7 +503,7 @@ def tile_slide(
                   "save_patches": save_patches, "edge_policy": "whole tiles inside the slide only",
                   "roi": roi.wkt if roi is not None else None,
                   "stain": None if stain is None else {k: v for k, v in stain.to_dict().items() if k != "source"},
-                  "jpeg_passthrough": bool(passthrough)}
+                  "jpeg_passthrough": bool(passthrough), "qc_measure": QC_MEASURE}
         action = "tiled"
         store = None
         if store_path.exists() and not overwrite:
