@@ -13,17 +13,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._color import lab_to_rgb, lab_to_rgb_torch, rgb_to_lab, rgb_to_lab_torch, stained_masks
+from ._color import lab_to_rgb_torch, rgb_to_lab, rgb_to_lab_torch, stained_masks
+from ._lab_kernel import reinhard_numpy
 from .base import BaseConfig, ImageBatch, StainEstimationError, StainNormalizer, thin
 from .params import MIN_LAB_STD, LabStats
 
 #: L*a*b* statistics of the non-background pixels of torchstain's example H&E target patch (MIT licence),
 #: a typical well-stained H&E appearance.
 DEFAULT_LAB_REFERENCE = LabStats(mean=[68.7941, 12.7084, -20.9846], std=[13.7254, 6.9369, 9.9646])
-
-# Pixels per block on the CPU, bounding the float temporaries of the colour conversions.
-_CHUNK = 16384
-
 
 @dataclasses.dataclass(frozen=True)
 class ReinhardConfig(BaseConfig):
@@ -91,16 +88,19 @@ class ReinhardNormalizer(StainNormalizer):
             if src is None:
                 continue
             scale, offset = _scale_offset(src, self.target)
-            if isinstance(flat, torch.Tensor):
-                s = torch.tensor(scale, dtype=torch.float32, device=flat.device)
-                o = torch.tensor(offset, dtype=torch.float32, device=flat.device)
-                step = flat.shape[1] if flat.device.type != "cpu" else _CHUNK
-                for start in range(0, flat.shape[1], step):
-                    lab = rgb_to_lab_torch(flat[i, start : start + step].float() / 255.0)
-                    out[i, start : start + step] = torch.round(lab_to_rgb_torch(lab * s + o) * 255.0).to(torch.uint8)
+            if isinstance(flat, torch.Tensor) and flat.device.type != "cpu":
+                out[i] = reinhard_torch_math(flat[i], scale, offset)
+            elif isinstance(flat, torch.Tensor):  # CPU tensors share memory with numpy: the compiled kernel
+                out[i] = torch.from_numpy(reinhard_numpy(flat[i].numpy(), scale, offset))
             else:
-                s, o = scale.astype(np.float32), offset.astype(np.float32)
-                for start in range(0, flat.shape[1], _CHUNK):
-                    lab = rgb_to_lab(flat[i, start : start + _CHUNK] / np.float32(255.0))
-                    out[i, start : start + _CHUNK] = np.rint(lab_to_rgb(lab * s + o) * 255.0)
+                out[i] = reinhard_numpy(flat[i], scale, offset)
         return out.reshape(batch.shape)
+
+
+def reinhard_torch_math(pixels: torch.Tensor, scale: np.ndarray, offset: np.ndarray) -> torch.Tensor:
+    """Reinhard's map of ``(n, 3)`` uint8 pixels with torch's L*a*b* formulas, on their device (the accelerator
+    path; tests run it on the CPU against the compiled kernel of :mod:`slidestream.stain._lab_kernel`)."""
+    s = torch.tensor(scale, dtype=torch.float32, device=pixels.device)
+    o = torch.tensor(offset, dtype=torch.float32, device=pixels.device)
+    lab = rgb_to_lab_torch(pixels.float() / 255.0)
+    return torch.round(lab_to_rgb_torch(lab * s + o) * 255.0).to(torch.uint8)

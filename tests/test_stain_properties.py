@@ -160,3 +160,27 @@ def test_compiled_kernel_and_torch_math_agree_with_float64(batch, matrix, offset
     _check_same_layout(got, batch)
     assert np.abs(got.astype(int) - expected).max() <= 1
     assert np.abs(got_t.numpy().astype(int) - expected).max() <= 1
+
+
+@SETTINGS
+@given(
+    batch=images(),
+    scale=arrays(np.float64, (3,), elements=st.floats(0.05, 5.0)),
+    offset=arrays(np.float64, (3,), elements=st.floats(-100.0, 100.0)),
+)
+def test_compiled_reinhard_agrees_with_the_lab_formulas(batch, scale, offset):
+    """The CPU kernel (tables, Newton cube roots, threshold search) against the L*a*b* formulas in float64 and
+    against the accelerator's torch form run on the CPU."""
+    from slidestream.stain._color import lab_to_rgb, rgb_to_lab
+    from slidestream.stain._lab_kernel import reinhard_numpy
+    from slidestream.stain.reinhard import reinhard_torch_math
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = reinhard_numpy(batch, scale, offset)
+    _check_same_layout(got, batch)
+    expected = np.rint(lab_to_rgb(rgb_to_lab(batch / 255.0) * scale + offset) * 255.0)
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    flat = torch.from_numpy(batch.reshape(-1, 3))
+    t = reinhard_torch_math(flat, scale, offset).numpy().reshape(batch.shape)
+    assert np.abs(got.astype(int) - t).max() <= 1
