@@ -171,6 +171,8 @@ def test_local_workers_start_tasks_in_rank_order(processes, tmp_path):
     def note(chunk):
         with open(log, "a") as f:
             f.write(f"{chunk}\n")
+        if chunk in order[:2]:
+            time.sleep(0.3)  # both workers start their first task before either can take a second one
         return 1
 
     task = dask.delayed(note, pure=False)
@@ -181,4 +183,4 @@ def test_local_workers_start_tasks_in_rank_order(processes, tmp_path):
     run_graph(tasks, workers=2, processes=processes)
     started = [int(v) for v in log.read_text().split()]
     assert sorted(started) == sorted(order)
-    assert started[:2] in (order[:2], order[1::-1])  # the first two go out first, one per worker
+    assert set(started[:2]) == set(order[:2])  # the first two go out first, one to each worker
