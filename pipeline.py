@@ -134,10 +134,10 @@ def tile_batch(
     out_dir = Path(out_dir)
 
     def roi_for(it: SlideInput):
-        from .tiling.regions import roi_from_file
-
         if roi is None:
             return None
+        from .tiling.regions import roi_from_file
+
         path = Path(roi)
         if path.is_dir():
             found = [path / f"{it.slide_id}{ext}" for ext in (".geojson", ".geojson.gz", ".xml", ".json")]

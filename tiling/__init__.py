@@ -3,11 +3,21 @@
 from .codecs import JpegTileCodec
 from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
 from .qc import QCConfig, tile_qc, tile_stats
-from .regions import roi_from_file, write_tissue_geojson
 from .store import JpegTiles, SlideStore
 from .stored import jpeg_passthrough, reduced_read
 from .tiler import TileResult, tile_slide, tissue_mask, tissue_polygons
 from .tissue import TissueConfig, mask_to_polygons, pen_mask, segment_tissue
+
+_LAZY = {"roi_from_file": "regions", "write_tissue_geojson": "regions"}
+
+
+def __getattr__(name: str):
+    # ROI files and QuPath export pull in the annotation and GeoJSON readers; plain tiling does not need them
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "JpegTileCodec",
