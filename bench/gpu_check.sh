@@ -7,7 +7,8 @@
 #          bash bench/gpu_check.sh --fetch-wheels
 #      downloads into .whl/ (ignored by git) the cp312 manylinux x86_64 wheels of what the device image lacks:
 #      zarr + numcodecs + donfig + google-crc32c, dask + partd + locket, shapely, imagecodecs, tifffile,
-#      openslide-python + openslide-bin, tiffslide, geojson, torchstain (versions pinned below to those of .venv).
+#      openslide-python + openslide-bin, tiffslide, geojson, torchstain, simplejpeg (versions pinned below to those
+#      of .venv).
 #      42 MiB.
 #   2. On the device (one NVIDIA H100/H200; torch, timm, numba, h5py, scikit-image, pytest are in its image):
 #          run(command="bash bench/gpu_check.sh", carry=[".whl", ".devdata"], timeout_s=560)
@@ -29,7 +30,7 @@ cd "$(dirname "$0")/.."
 # versions of .venv (python 3.11 here; the device runs 3.12, so the wheels are fetched for cp312)
 WHEELS=(zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 dask==2026.8.0 partd==1.4.2
         locket==1.0.0 shapely==2.2.0 imagecodecs==2026.3.6 tifffile==2026.3.3 openslide-python==1.4.7
-        openslide-bin==4.0.1.2 tiffslide==3.0.1 geojson==3.3.0 torchstain==1.4.1)
+        openslide-bin==4.0.1.2 tiffslide==3.0.1 geojson==3.3.0 torchstain==1.4.1 simplejpeg==1.9.0)
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
     PY=${PYTHON:-.venv/bin/python}

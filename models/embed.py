@@ -35,7 +35,7 @@ import torch
 from ..errors import ConfigError
 from ..tiling.grid import ReadPlan
 from ..tiling.store import SlideStore
-from ..tiling.tiler import read_tile
+from ..tiling.tiler import patch_reader
 from ..wsi.slide import open_slide
 
 __all__ = ["EmbedResult", "embed_store", "feature_attrs"]
@@ -160,7 +160,8 @@ def embed_store(
     ----------
     store : SlideStore
         Opened with mode ``"r+"``. Tiles come from its ``patches`` when they are complete, else they are read
-        from the slide file (same pixels: :func:`slidestream.tiling.tiler.read_tile` made the patches).
+        from the slide file (the same pixels: :func:`slidestream.tiling.tiler.patch_reader` reads them as the
+        tiler does).
     encoder : slidestream.models.Encoder
         Takes uint8 ``(B, H, W, 3)`` on its device and returns float32 ``(B, D)`` features.
     name : str, optional
@@ -245,12 +246,14 @@ def embed_store(
         t = store.tiling
         plan = ReadPlan(level=t["level"], read_size=t["read_size"], tile_size=t["tile_size"], extent0=t["extent0"],
                         stride0=0.0)
-        # The store holds no patches: read them from the slide (a missing slide raises a SlideError naming it).
+        # The store holds no patches: read them from the slide (a missing slide raises a SlideError naming it),
+        # exactly as the tiler would have stored them.
         slide = open_slide(path, mpp=store.slide.get("mpp") if store.slide.get("mpp_source") == "override" else None)
         coords = store.coords
+        read_patch = patch_reader(slide, plan, coords)
 
         def read(ci: int) -> np.ndarray:
-            return np.stack([read_tile(slide, xy, plan) for xy in coords[slices[ci]]])
+            return np.stack([read_patch(xy) for xy in coords[slices[ci]]])
 
     def load(ci: int) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(read(ci)))

@@ -16,7 +16,7 @@ from slidestream.tiling.regions import roi_from_file, write_tissue_geojson
 from slidestream.tiling.qc import tile_stats
 from slidestream.tiling.store import SlideStore
 from slidestream.tiling.stored import jpeg_passthrough, reduced_read
-from slidestream.tiling.tiler import read_tile, tile_slide, tissue_polygons
+from slidestream.tiling.tiler import patch_reader, read_tile, resize_patch, tile_slide, tissue_polygons
 from slidestream.tiling.tissue import mask_to_polygons, pen_mask, segment_tissue
 from slidestream.wsi.qupath import check_qupath_geojson
 from slidestream.wsi.slide import open_slide
@@ -291,25 +291,46 @@ def test_reduced_tile_reads_equal_region_reads(synth40, cmu_slide, tmp_path):
     params = TilingParams(mpp=0.5, tile_size=224)
     store = SlideStore.open(tile_slide(synth40, tmp_path / "a", params).store)
     with open_slide(synth40) as slide:
-        spec = reduced_read(slide, plan_reads(params, slide.mpp, slide.level_downsamples), store.coords)
-    assert spec is not None and spec.factor == 2 and spec.jpeg
-    assert store.patch_encoding["name"] == "pixels"
+        plan = plan_reads(params, slide.mpp, slide.level_downsamples)
+        spec = reduced_read(slide, plan, store.coords)
+        read_back = np.stack([patch_reader(slide, plan, store.coords)(xy) for xy in store.coords])
+    # YCbCr JPEG, factor 2: the decoder reduces the stored tiles (DCT scaling), recorded in the store
+    assert spec is not None and spec.factor == 2 and spec.jpeg and spec.dct
+    assert store.patch_encoding["name"] == "pixels" and store.patches.attrs["reduction"] == "jpeg-dct"
     patches = store.patches[...]
-    assert np.array_equal(patches, _slide_reads(synth40, store))
-    # QC measured on the luma assembled from the reduced tiles is exactly QC of the stored patches
+    assert np.array_equal(patches, read_back)  # read back from the slide: the same pixels
+    # within rounding of the box reduction of region reads, and of OpenSlide's pixels box-reduced
+    box = _slide_reads(synth40, store)
+    diff = np.abs(patches.astype(int) - box)
+    print(f"DCT vs box reduction: mean {diff.mean():.3f}, 99.9th percentile {np.percentile(diff, 99.9):.0f}")
+    assert diff.mean() <= 0.5 and np.percentile(diff, 99.9) <= 8
+    osr = np.stack([resize_patch(p, 224) for p in _openslide_reads(synth40, store)])
+    assert np.abs(patches.astype(int) - osr).mean() <= 1
+    # QC is measured on the stored patches
     expected = np.array([tile_stats(p) for p in patches], np.float32)
     assert np.array_equal(store.group["qc/white"][...], expected[:, 0])
     assert np.array_equal(store.group["qc/sharpness"][...], expected[:, 1])
-    # real RGB JPEG with shared tables, 2x from the level (MPP overridden so the factor is whole)
+    # real RGB-coded JPEG with shared tables, 2x from the level (MPP overridden so the factor is whole): the
+    # decoder cannot be left to guess the colour space, so the box reduction, identical to region reads
     params = TilingParams(mpp=1.0, tile_size=120, min_tissue=0.25)
     store = SlideStore.open(tile_slide(cmu_slide, tmp_path / "b", params, mpp=0.5).store)
     with open_slide(cmu_slide, mpp=0.5) as slide:
         spec = reduced_read(slide, plan_reads(params, slide.mpp, slide.level_downsamples), store.coords)
-    assert spec is not None and spec.colorspace == 2
+    assert spec is not None and spec.colorspace == 2 and not spec.dct
+    assert store.patches.attrs["reduction"] == "box"
     patches = store.patches[...]
     assert np.array_equal(patches, _slide_reads(cmu_slide, store, mpp=0.5))
     expected = np.array([tile_stats(p) for p in patches], np.float32)
     assert np.array_equal(store.group["qc/sharpness"][...], expected[:, 1])
+
+
+def test_a_store_reduced_otherwise_is_not_resumed(synth40, tmp_path):
+    params = TilingParams(mpp=0.5, tile_size=224)
+    store = SlideStore.open(tile_slide(synth40, tmp_path, params, chunk_tiles=8).store, mode="r+")
+    store.patches.attrs["reduction"] = "box"  # as if made by a version that box-reduced these tiles
+    store.group["done/patches"][1:] = 0
+    with pytest.raises(StoreError, match="reduced as 'box'"):
+        tile_slide(synth40, tmp_path, params, chunk_tiles=8)
 
 
 def test_resume_of_a_jpeg_store_rewrites_only_missing_shards(synth40, tmp_path):

@@ -1,18 +1,26 @@
 """Tiles made straight from a slide's stored tiles: the two fast paths of the tiler.
 
-Both apply only where the result is pixel-identical to :func:`slidestream.tiling.tiler.read_tile` (a region read
-through :class:`~slidestream.wsi.slide.Slide`, resized by ``resize_patch``), i.e. where the slide reads the level
-with its direct tile decoder (:mod:`slidestream.wsi.direct`) and the grid lines up with the stored tiles:
+Both apply only where the slide reads the level with its direct tile decoder (:mod:`slidestream.wsi.direct`) and
+the grid lines up with the stored tiles; the results equal :func:`slidestream.tiling.tiler.read_tile` (a region
+read through :class:`~slidestream.wsi.slide.Slide`, resized by ``resize_patch``) except where noted:
 
 - :func:`jpeg_passthrough`: the grid is the level's own JPEG tile grid, so each patch *is* a stored tile and
   its compressed bytes can be kept without decoding or re-encoding.
-- :func:`reduced_read`: patches are read ``k`` times larger and box-reduced by ``k`` (224 px at 0.5 µm/px from
+- :func:`reduced_read`: patches are read ``k`` times larger and reduced by ``k`` (224 px at 0.5 µm/px from
   a 0.25 µm/px level: ``k = 2``) on a grid whose ``k``-pixel blocks never straddle a stored tile. Reducing each
   stored tile once and assembling patches from the reduced tiles gives the same pixels as reducing each
   assembled region (a block's average depends on the block only), decodes every stored tile once instead of
   once per overlapping region, and copies a quarter of the bytes. :class:`ReducedTileReader` does it, with its
   own cache of reduced tiles (a quarter of the memory of decoded ones, so it holds the tile rows that
   consecutive grid rows share).
+
+  Where the stored tiles are YCbCr JPEG and ``k`` is 2, 4 or 8, the decoder reduces them itself (libjpeg's DCT
+  scaling, through simplejpeg): it decodes only the low-frequency coefficients, an antialiased reduction at a
+  third of the cost of a full decode plus a box reduction. Its pixels are not bit-identical to the box reduction
+  of ``read_tile`` (mean absolute difference 0.13 grey levels on the synthetic H&E slide, 99.9th percentile 3),
+  so patches are read back with the same reader (:func:`slidestream.tiling.tiler.patch_reader`), and which
+  reduction a store's patches had is recorded in ``patches.attrs["reduction"]``. Other tiles are box-reduced
+  (``Image.reduce``, ``resize_patch``'s own arithmetic: pixel-identical to ``read_tile``).
 """
 
 from __future__ import annotations
@@ -22,12 +30,14 @@ from dataclasses import dataclass
 
 import imagecodecs
 import numpy as np
+import simplejpeg
 import tifffile
 from PIL import Image
 from tifffile.tifffile import jpeg_decode_colorspace
 
 from ..wsi.direct import DirectTiffReader, DirectUnsupported, TileCache
 from ..wsi.slide import Slide
+from .codecs import merge_jpeg_tables
 from .grid import ReadPlan
 from .store import JpegTiles
 
@@ -116,6 +126,8 @@ class ReducedRead:
         reduces without copying them first (its RGB images are 4 bytes per pixel).
     colorspace : int, str or None
         JPEG colour space of the tiles, as the TIFF tags say (with ``jpeg``).
+    dct : bool
+        The decoder reduces the tiles (libjpeg DCT scaling; YCbCr JPEG and ``factor`` 2, 4 or 8); else box.
     """
 
     level: int
@@ -125,6 +137,12 @@ class ReducedRead:
     tile_size: int
     jpeg: bool = False
     colorspace: int | str | None = None
+    dct: bool = False
+
+    @property
+    def reduction(self) -> str:
+        """How the patches are reduced, as recorded in a store: ``"jpeg-dct"`` or ``"box"``."""
+        return "jpeg-dct" if self.dct else "box"
 
 
 def reduced_read(slide: Slide, plan: ReadPlan, coords: np.ndarray) -> ReducedRead | None:
@@ -154,17 +172,38 @@ def reduced_read(slide: Slide, plan: ReadPlan, coords: np.ndarray) -> ReducedRea
         lw, lh = level.size
         jpeg = level.compression == "jpeg" and level.samples == 3 and not level.alpha and level.jpegheader is None
         colorspace = None
+        dct = False
         if jpeg:
             with tifffile.TiffFile(slide.path) as tf:
                 page = tf.pages[level.page]
                 colorspace, _ = jpeg_decode_colorspace(page.photometric, page.planarconfig, page.extrasamples,
                                                        page.is_jfif)
+            dct = k in (2, 4, 8) and colorspace in (None, _JCS_YCBCR) and _decodes_as_ycbcr(reader, plan.level)
     if (level_xy % k).any() or (level_xy < 0).any():
         return None
     if (level_xy[:, 0] + plan.read_size > lw).any() or (level_xy[:, 1] + plan.read_size > lh).any():
         return None
     return ReducedRead(level=plan.level, downsample=ds, factor=k, read_size=plan.read_size,
-                       tile_size=plan.tile_size, jpeg=jpeg, colorspace=_json_value(colorspace))
+                       tile_size=plan.tile_size, jpeg=jpeg, colorspace=_json_value(colorspace), dct=dct)
+
+
+_JCS_YCBCR = 3  # libjpeg's J_COLOR_SPACE value, as tifffile's jpeg_decode_colorspace gives it
+
+
+def _decodes_as_ycbcr(reader: DirectTiffReader, level: int) -> bool:
+    """Whether a decoder left to itself reads the level's first stored tile as YCbCr (as the TIFF says): only
+    then may a decoder without a colour-space argument (simplejpeg) decode the tiles."""
+    lv = reader.levels[level]
+    cols = -(-lv.size[0] // lv.tile_size[0])
+    rows = -(-lv.size[1] // lv.tile_size[1])
+    for index in range(cols * rows):
+        data = reader.raw_tile(level, index % cols, index // cols)
+        if data:
+            try:
+                return simplejpeg.decode_jpeg_header(merge_jpeg_tables(data, lv.jpegtables))[2] == "YCbCr"
+            except ValueError:
+                return False
+    return False
 
 
 class ReducedTileReader:
@@ -193,12 +232,21 @@ class ReducedTileReader:
         self.cache.clear()
 
     def reduced_tile(self, column: int, row: int) -> np.ndarray:
-        """Stored tile ``(column, row)`` of the level, decoded and box-reduced ``factor`` times (shared, read-only)."""
+        """Stored tile ``(column, row)`` of the level, decoded and reduced ``factor`` times (shared, read-only)."""
         key = (column, row)
         tile = self.cache.get(key)
         if tile is None:
             spec, level = self.spec, self._level
             data = self.reader.raw_tile(spec.level, column, row) if spec.jpeg else b""
+            tw, th = level.tile_size
+            if data and spec.dct:
+                tile = simplejpeg.decode_jpeg(merge_jpeg_tables(data, level.jpegtables), colorspace="RGB",
+                                              min_height=th // spec.factor, min_width=tw // spec.factor,
+                                              min_factor=spec.factor)
+                if tile.shape[:2] != (th // spec.factor, tw // spec.factor):
+                    raise DirectUnsupported(f"{self.reader.path}: the decoder reduced a tile to {tile.shape[:2]}")
+                self.cache.put(key, tile)
+                return tile
             if data:
                 rgbx = imagecodecs.jpeg8_decode(data, tables=level.jpegtables, colorspace=spec.colorspace,
                                                 outcolorspace=imagecodecs.JPEG8.CS.EXT_RGBX)
@@ -216,7 +264,8 @@ class ReducedTileReader:
     def read(self, location: tuple[int, int]) -> np.ndarray:
         """The patch whose region starts at level-0 ``location``: ``(tile_size, tile_size, 3)`` uint8, new array.
 
-        Equal to ``read_tile(slide, location, plan)`` for the plan this reader was made for.
+        Equal to ``read_tile(slide, location, plan)`` for the plan this reader was made for when the tiles are
+        box-reduced; within rounding of it when the decoder reduces them (``spec.dct``, see the module docstring).
         """
         spec, k = self.spec, self.spec.factor
         x, y = int(location[0]) // spec.downsample, int(location[1]) // spec.downsample

@@ -79,6 +79,19 @@ def read_tile(slide: Slide, location: tuple[int, int], plan: ReadPlan) -> np.nda
     return resize_patch(region, plan.tile_size)
 
 
+def patch_reader(slide: Slide, plan: ReadPlan, coords: np.ndarray) -> Callable[[tuple[int, int]], np.ndarray]:
+    """A function reading the patches of a grid (``coords``, level-0 x, y) exactly as the tiler stores them.
+
+    The tiler assembles patches from reduced stored tiles where it can (:func:`reduced_read`); where the decoder
+    does the reduction its pixels differ from :func:`read_tile`'s box reduction by rounding, so whatever reads
+    patches from the slide instead of a store (embedding a store without patches, checks) reads them with this.
+    """
+    spec = reduced_read(slide, plan, coords)
+    if spec is None:
+        return functools.partial(read_tile, slide, plan=plan)
+    return ReducedTileReader(slide.path, slide.level_dimensions, spec).read
+
+
 # Largest pyramid level read whole for the tissue overview (pixels); beyond it Slide.thumbnail reads in bands.
 _OVERVIEW_MAX_PIXELS = 64_000_000
 
@@ -544,8 +557,9 @@ def tile_slide(
         jpeg = reduced = None
         if save_patches:
             jpeg = _jpeg_of(store)
-            if jpeg is None and not store.is_complete("patches"):
+            if jpeg is None:
                 reduced = reduced_read(slide, plan, store.coords)
+                _check_reduction(store, "box" if reduced is None else reduced.reduction, action)
 
     if stain is not None and save_patches and store.n_tiles:
         stain = _fit_stain(stain, store, slide_path, mpp, plan)
@@ -590,6 +604,17 @@ def tile_slide(
         seconds=time.perf_counter() - t0, action=action, chunks_written=written,
         extra={"patch_encoding": store.patch_encoding["name"]} if save_patches else {},
     )
+
+
+def _check_reduction(store: SlideStore, reduction: str, action: str) -> None:
+    """Record how the pixel patches are reduced in a new store; refuse to resume one reduced otherwise."""
+    recorded = store.patches.attrs.get("reduction")
+    if action == "tiled" or (recorded is None and not store.done_chunks("patches").any()):
+        if recorded != reduction:
+            store.patches.attrs["reduction"] = reduction
+    elif recorded != reduction:
+        raise StoreError(f"{store.path}: its patches were reduced as {recorded!r}, this run would reduce them as "
+                         f"{reduction!r} (another slidestream version?); pass --overwrite to rebuild the store")
 
 
 def _jpeg_of(store: SlideStore) -> JpegTiles | None:
