@@ -424,3 +424,33 @@ def test_roi_from_file_needs_areas(shared_data):
         roi_from_file(qupath / "qupath-rectangle.json", classes=["Stroma"])
     lesions = roi_from_file(shared_data / "annotations" / "camelyon16-asap" / "tumor_009.xml")
     assert lesions.is_valid and len(lesions.geoms) >= 1
+
+
+def test_close_mask_equals_scipy_morphology():
+    """The numpy closing (shifted OR/AND) against the same octagon built from scipy.ndimage operations."""
+    from scipy import ndimage as ndi
+
+    from slidestream.tiling.tissue import close_mask
+
+    def reference(mask, radius):
+        pad = 2 * radius + 1
+        img = np.pad(mask.astype(np.uint8), pad, mode="edge")
+        a = max(int(round(radius * 0.414)), 0)
+        b = radius - a
+        cross = ndi.generate_binary_structure(2, 1)
+        for square, diamond, border in ((ndi.maximum_filter1d, ndi.binary_dilation, 0),
+                                        (ndi.minimum_filter1d, ndi.binary_erosion, 1)):
+            if a:
+                img = square(square(img, 2 * a + 1, axis=0), 2 * a + 1, axis=1)
+            if b:
+                img = diamond(img, structure=cross, iterations=b, border_value=border)
+            img = img.astype(np.uint8)
+        return img[pad:-pad, pad:-pad].astype(bool)
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        h, w = (int(v) for v in rng.integers(5, 90, 2))
+        mask = rng.random((h, w)) < rng.uniform(0.1, 0.9)
+        for radius in (1, 2, 4, 7):
+            assert np.array_equal(close_mask(mask, radius), reference(mask, radius)), (h, w, radius)
+    assert np.array_equal(close_mask(mask, 0), mask)

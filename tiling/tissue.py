@@ -154,27 +154,51 @@ def blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def close_mask(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Morphological closing with an octagon of about ``radius`` px (a square and a diamond), O(1) per pixel.
+    """Morphological closing with an octagon of about ``radius`` px (a square and a diamond).
 
     Closing fills gaps and bays narrower than the element; the octagon is within a pixel of a disk at the radii
-    used here, and running-max/min filters make it cheap whatever the radius. The image is padded with its edge
-    values first, so tissue touching the border is not eroded.
+    used here. The image is padded with its edge values first, so tissue touching the border is not eroded.
+    Written with shifted maxima/minima over bool arrays (what ``scipy.ndimage`` computes, at a third of its cost
+    on a few-megapixel mask).
     """
     if radius < 1:
         return mask.copy()
     pad = 2 * radius + 1
-    img = np.pad(mask.astype(np.uint8), pad, mode="edge")
+    img = np.pad(mask.astype(bool), pad, mode="edge")
     # octagon = square of side 2a+1 dilated by a diamond of radius b, with a + b = radius, a ~ 0.41 radius
     a = max(int(round(radius * 0.414)), 0)
     b = radius - a
-    diamond = ndi.generate_binary_structure(2, 1)
-    for op, along in ((ndi.maximum_filter1d, ndi.binary_dilation), (ndi.minimum_filter1d, ndi.binary_erosion)):
-        if a:
-            img = op(op(img, 2 * a + 1, axis=0), 2 * a + 1, axis=1)
-        if b:
-            img = along(img, structure=diamond, iterations=b, border_value=1 if along is ndi.binary_erosion else 0)
-        img = img.astype(np.uint8)
-    return img[pad:-pad, pad:-pad].astype(bool)
+    for grow in (True, False):
+        for axis in (0, 1):
+            img = _spread(img, a, axis, grow)
+        for _ in range(b):  # a diamond of radius b: b steps of the 4-neighbour cross
+            img = _cross(img, grow)
+    return img[pad:-pad, pad:-pad]
+
+
+def _spread(img: np.ndarray, steps: int, axis: int, grow: bool) -> np.ndarray:
+    """OR (``grow``) or AND of ``img`` with its shifts by 1..``steps`` px both ways along ``axis``; pixels beyond
+    the border do not count (dilation with a 0 border, erosion with a 1 border)."""
+    out = img.copy()
+    op = np.logical_or if grow else np.logical_and
+    for k in range(1, steps + 1):
+        lo = [slice(None)] * 2
+        hi = [slice(None)] * 2
+        lo[axis], hi[axis] = slice(k, None), slice(None, -k)
+        op(out[tuple(lo)], img[tuple(hi)], out=out[tuple(lo)])
+        op(out[tuple(hi)], img[tuple(lo)], out=out[tuple(hi)])
+    return out
+
+
+def _cross(img: np.ndarray, grow: bool) -> np.ndarray:
+    """One step of dilation (``grow``) or erosion by the 4-neighbour cross, borders as in :func:`_spread`."""
+    out = img.copy()
+    op = np.logical_or if grow else np.logical_and
+    op(out[1:], img[:-1], out=out[1:])
+    op(out[:-1], img[1:], out=out[:-1])
+    op(out[:, 1:], img[:, :-1], out=out[:, 1:])
+    op(out[:, :-1], img[:, 1:], out=out[:, :-1])
+    return out
 
 
 def segment_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = None) -> np.ndarray:
@@ -213,7 +237,10 @@ def segment_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = No
     if pens is not None and pens.any():
         pens = remove_small_objects(pens, int(config.min_pen_area_um2 / px_area))
         if pens.any():
-            mask &= ~ndi.binary_dilation(pens, iterations=max(1, int(round(8.0 / mpp))))
+            grown = pens
+            for _ in range(max(1, int(round(8.0 / mpp)))):
+                grown = _cross(grown, True)
+            mask &= ~grown
     mask = remove_small_objects(mask, max(int(config.min_tissue_area_um2 / px_area), 0))
     mask = remove_small_holes(mask, max(int(config.min_hole_area_um2 / px_area), 0))
     return mask
