@@ -114,7 +114,10 @@ def remove_small_objects(mask: np.ndarray, max_size: int) -> np.ndarray:
     """``mask`` without its 4-connected components of at most ``max_size`` pixels."""
     out = mask.copy()
     if max_size >= 1 and out.any():
-        _clear_small(out, out, max_size, False)
+        # every component lies inside the bounding box of the True pixels: label only that (pen masks are small)
+        rows, cols = np.flatnonzero(out.any(axis=1)), np.flatnonzero(out.any(axis=0))
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        _clear_small(out[box], out[box], max_size, False)
     return out
 
 
