@@ -454,3 +454,22 @@ def test_close_mask_equals_scipy_morphology():
         for radius in (1, 2, 4, 7):
             assert np.array_equal(close_mask(mask, radius), reference(mask, radius)), (h, w, radius)
     assert np.array_equal(close_mask(mask, 0), mask)
+
+
+def test_small_component_removal_equals_a_label_size_reference():
+    from scipy import ndimage as ndi
+
+    from slidestream.tiling.tissue import remove_small_holes, remove_small_objects
+
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        mask = rng.random((int(rng.integers(3, 80)), int(rng.integers(3, 80)))) < rng.uniform(0.05, 0.9)
+        k = int(rng.integers(1, 20))
+        labels, _ = ndi.label(mask)
+        keep = np.bincount(labels.ravel()) > k
+        keep[0] = False
+        assert np.array_equal(remove_small_objects(mask, k), keep[labels])
+        holes, _ = ndi.label(~mask)
+        fill = np.bincount(holes.ravel()) <= k
+        fill[0] = False
+        assert np.array_equal(remove_small_holes(mask, k), mask | fill[holes])
