@@ -22,8 +22,9 @@
 #   b. bench/embed.py on CUDA: ViT-L/16 (the UNI architecture, random init, bf16) from a store of 8192
 #      224 px patches of a synthetic slide: end-to-end >= 2,000 patches/s and >= 85 % of the bare forward (200 s);
 #   c. bench/stain.py --cuda: per-slide Macenko on the GPU next to the CPU paths and torchstain (60 s);
-#   d. bench/tile.py --only workers: 2 worker processes vs 1 on two CPUs of different cores, on the default
-#      tiling job of a 60000x45000 synthetic slide written first (~1 min), 2 rounds (130 s).
+#   d. bench/tile.py --only workers --only native: 2 worker processes vs 1 on two CPUs of different cores (the
+#      default tiling job), and the native job against raw decoding, on a 60000x45000 synthetic slide written first
+#      (~1 min), 2 rounds (130 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -118,13 +119,13 @@ else
     timeout 60 python3 bench/stain.py --tiles 2048 --cuda || { echo "FAIL: stain targets"; status=1; }
 fi
 
-echo "== d. tiling: 2 worker processes vs 1 (wall), default job, on two CPUs of different cores"
+echo "== d. tiling: the native job against raw decoding; 2 worker processes vs 1 (wall) on two CPUs of different cores"
 if (( DRY )); then
     timeout 130 python3 bench/tile.py --only workers --rounds 1 --size 8192x6144 --cache-dir "$WORK" --no-check \
         || echo "(tile bench did not finish)"
 else
-    timeout 130 python3 bench/tile.py --only workers --rounds 2 --cache-dir "$WORK" \
-        || { echo "FAIL (or timed out): tiling workers target"; status=1; }
+    timeout 130 python3 bench/tile.py --only workers --only native --rounds 2 --cache-dir "$WORK" \
+        || { echo "FAIL (or timed out): tiling workers/native targets"; status=1; }
 fi
 rm -rf "$WORK"
 
