@@ -33,10 +33,10 @@ RGB_FROM_XYZ = np.linalg.inv(XYZ_FROM_RGB)
 # CIE standard illuminant D65, 2° observer, as (X, Y, Z) of the white point.
 D65_WHITE = np.array([0.95047, 1.0, 1.08883])
 
-_LAB_EPSILON = 0.008856  # (6/29)**3: below it the L*a*b* curve is linear
-_LAB_KAPPA = 7.787  # slope of that linear part
-_LAB_T0 = 16.0 / 116.0
-_LAB_F_EPSILON = 0.2068966  # 6/29, the same threshold on the cube-root side
+LAB_EPSILON = 0.008856  # (6/29)**3: below it the L*a*b* curve is linear
+LAB_KAPPA = 7.787  # slope of that linear part
+LAB_T0 = 16.0 / 116.0
+LAB_F_EPSILON = 0.2068966  # 6/29, the same threshold on the cube-root side
 
 
 def od_table(io: float) -> np.ndarray:
@@ -87,6 +87,11 @@ def stained_masks(rgb: np.ndarray, io: float, beta: float) -> tuple[np.ndarray, 
 # -- CIE L*a*b*, numpy ----------------------------------------------------------------------------------------
 
 
+def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
+    """Linear-light values of sRGB values in ``[0, 1]`` (the sRGB transfer curve), same dtype."""
+    return np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+
+
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """CIE L*a*b* of sRGB values (scikit-image's ``rgb2lab`` with its defaults).
 
@@ -101,9 +106,9 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
         ``L`` in ``[0, 100]``, ``a`` and ``b`` in about ``[-128, 127]``.
     """
     dtype = rgb.dtype
-    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    linear = srgb_to_linear(rgb)
     xyz = linear @ (XYZ_FROM_RGB / D65_WHITE[:, None]).T.astype(dtype)
-    f = np.where(xyz > _LAB_EPSILON, np.cbrt(xyz), _LAB_KAPPA * xyz + _LAB_T0)
+    f = np.where(xyz > LAB_EPSILON, np.cbrt(xyz), LAB_KAPPA * xyz + LAB_T0)
     fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
     return np.stack((116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)), axis=-1).astype(dtype, copy=False)
 
@@ -123,7 +128,7 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     dtype = lab.dtype
     fy = (lab[..., 0] + 16.0) / 116.0
     f = np.stack((fy + lab[..., 1] / 500.0, fy, np.maximum(fy - lab[..., 2] / 200.0, 0.0)), axis=-1)
-    xyz = np.where(f > _LAB_F_EPSILON, f**3, (f - _LAB_T0) / _LAB_KAPPA)
+    xyz = np.where(f > LAB_F_EPSILON, f**3, (f - LAB_T0) / LAB_KAPPA)
     linear = xyz @ (RGB_FROM_XYZ * D65_WHITE[None, :]).T.astype(dtype)
     # np.maximum inside the power only: those values take the linear branch, and a negative base would give NaN
     rgb = np.where(linear > 0.0031308, 1.055 * np.maximum(linear, 0.0031308) ** (1 / 2.4) - 0.055, 12.92 * linear)
@@ -138,7 +143,7 @@ def rgb_to_lab_torch(rgb: torch.Tensor) -> torch.Tensor:
     m = torch.as_tensor((XYZ_FROM_RGB / D65_WHITE[:, None]).T, dtype=rgb.dtype, device=rgb.device)
     linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
     xyz = linear @ m
-    f = torch.where(xyz > _LAB_EPSILON, xyz.clamp(min=_LAB_EPSILON) ** (1 / 3), _LAB_KAPPA * xyz + _LAB_T0)
+    f = torch.where(xyz > LAB_EPSILON, xyz.clamp(min=LAB_EPSILON) ** (1 / 3), LAB_KAPPA * xyz + LAB_T0)
     fx, fy, fz = f.unbind(-1)
     return torch.stack((116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)), dim=-1)
 
@@ -148,7 +153,7 @@ def lab_to_rgb_torch(lab: torch.Tensor) -> torch.Tensor:
     m = torch.as_tensor((RGB_FROM_XYZ * D65_WHITE[None, :]).T, dtype=lab.dtype, device=lab.device)
     fy = (lab[..., 0] + 16.0) / 116.0
     f = torch.stack((fy + lab[..., 1] / 500.0, fy, (fy - lab[..., 2] / 200.0).clamp(min=0.0)), dim=-1)
-    xyz = torch.where(f > _LAB_F_EPSILON, f**3, (f - _LAB_T0) / _LAB_KAPPA)
+    xyz = torch.where(f > LAB_F_EPSILON, f**3, (f - LAB_T0) / LAB_KAPPA)
     linear = xyz @ m
     rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055, 12.92 * linear)
     return rgb.clamp(0.0, 1.0)

@@ -4,11 +4,13 @@ The numpy form (:func:`slidestream.stain._color.rgb_to_lab` / ``lab_to_rgb``) sp
 and ``cbrt`` over float temporaries. Here one loop over pixels does without either:
 
 - sRGB decoding of a uint8 channel is a 256-entry table (exact);
-- the cube root of the normalised XYZ values starts from a 1024-entry table and takes two Newton steps (float64
-  relative error below 1e-9 over the range used);
+- the cube root of the normalised XYZ values starts from a 1024-entry table and takes two Newton steps (to
+  float32 precision over the range of sRGB colours);
 - sRGB encoding plus rounding to uint8 is a search among the 255 linear-light thresholds where the rounded
-  grey level changes, started from a 4096-entry bucket table (at most a few comparisons): the exact result of
-  ``rint(255 * encode(linear))`` except at exact ties.
+  grey level changes, started from a 4096-entry bucket table (two comparisons): ``rint(255 * encode(linear))``
+  up to float32 rounding near a threshold.
+
+Everything runs in float32 with fast-math flags, so the tables hold no infinities.
 
 Results agree with the numpy/torch formulas within one grey level (float rounding near the thresholds).
 """
@@ -17,32 +19,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._color import D65_WHITE, RGB_FROM_XYZ, XYZ_FROM_RGB
+from ._color import (
+    D65_WHITE,
+    LAB_EPSILON,
+    LAB_F_EPSILON,
+    LAB_KAPPA,
+    LAB_T0,
+    RGB_FROM_XYZ,
+    XYZ_FROM_RGB,
+    srgb_to_linear,
+)
 
-_EPS = 0.008856
-_KAPPA = 7.787
-_T0 = 16.0 / 116.0
-_F_EPS = 0.2068966
 _CBRT_STEPS = 1024
-_CBRT_MAX = 1.25  # normalised X, Y, Z of sRGB colours stay below ~1.09; larger inputs fall back to exact pow
+_CBRT_MAX = 1.25  # normalised X, Y, Z of sRGB colours stay below ~1.09; the table index is clamped beyond
 _BUCKETS = 4096
 
 
-def _srgb_decode(v: np.ndarray) -> np.ndarray:
-    return np.where(v > 0.04045, ((v + 0.055) / 1.055) ** 2.4, v / 12.92)
-
-
-def _srgb_encode(lin: np.ndarray) -> np.ndarray:
-    return np.where(lin > 0.0031308, 1.055 * np.maximum(lin, 0.0031308) ** (1 / 2.4) - 0.055, 12.92 * lin)
-
-
 def _tables() -> tuple[np.ndarray, ...]:
-    decode = _srgb_decode(np.arange(256) / 255.0)
+    decode = srgb_to_linear(np.arange(256) / 255.0)
     # thresholds[v] = the linear value from which rint(255 * encode(linear)) is at least v (v = 1..255);
-    # thresholds[0] = -inf and thresholds[256] = +inf bound the search.
+    # thresholds[0] and thresholds[256] (far below and above any value) bound the search.
     thresholds = np.empty(257)
     thresholds[0], thresholds[256] = -1e30, 1e30  # finite: the compiled loop runs with fast-math flags
-    thresholds[1:256] = _srgb_decode((np.arange(1, 256) - 0.5) / 255.0)
+    thresholds[1:256] = srgb_to_linear((np.arange(1, 256) - 0.5) / 255.0)
     # bucket[k]: the grey level of linear value k / (_BUCKETS - 1), the search's start
     grid = np.arange(_BUCKETS) / (_BUCKETS - 1)
     bucket = (np.searchsorted(thresholds[1:256], grid, side="right")).astype(np.int32)
@@ -66,8 +65,8 @@ def _kernel():
         import numba
 
         f32 = np.float32
-        eps, kappa, t0, f_eps = f32(_EPS), f32(_KAPPA), f32(_T0), f32(_F_EPS)
-        inv_kappa, third, cbrt_scale, bucket_scale = f32(1 / _KAPPA), f32(1 / 3), f32(_CBRT_STEPS / _CBRT_MAX), \
+        eps, kappa, t0, f_eps = f32(LAB_EPSILON), f32(LAB_KAPPA), f32(LAB_T0), f32(LAB_F_EPSILON)
+        inv_kappa, third, cbrt_scale, bucket_scale = f32(1 / LAB_KAPPA), f32(1 / 3), f32(_CBRT_STEPS / _CBRT_MAX), \
             f32(_BUCKETS - 1)
         c116, c16, c500, c200 = f32(116.0), f32(16.0), f32(500.0), f32(200.0)
         inv116, inv500, inv200, two, half, zero = f32(1 / 116), f32(1 / 500), f32(1 / 200), f32(2.0), f32(0.5), f32(0)

@@ -174,9 +174,15 @@ def close_mask(mask: np.ndarray, radius: int) -> np.ndarray:
     for grow in (True, False):
         for axis in (0, 1):
             img = _spread(img, a, axis, grow)
-        for _ in range(b):  # a diamond of radius b: b steps of the 4-neighbour cross
-            img = _cross(img, grow)
+        img = _diamond(img, b, grow)
     return img[pad:-pad, pad:-pad]
+
+
+def _diamond(img: np.ndarray, radius: int, grow: bool) -> np.ndarray:
+    """Dilation (``grow``) or erosion by a diamond of ``radius`` px: ``radius`` steps of the 4-neighbour cross."""
+    for _ in range(radius):
+        img = _cross(img, grow)
+    return img
 
 
 def _spread(img: np.ndarray, steps: int, axis: int, grow: bool) -> np.ndarray:
@@ -240,10 +246,7 @@ def segment_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = No
     if pens is not None and pens.any():
         pens = remove_small_objects(pens, int(config.min_pen_area_um2 / px_area))
         if pens.any():
-            grown = pens
-            for _ in range(max(1, int(round(8.0 / mpp)))):
-                grown = _cross(grown, True)
-            mask &= ~grown
+            mask &= ~_diamond(pens, max(1, int(round(8.0 / mpp))), True)
     mask = remove_small_objects(mask, max(int(config.min_tissue_area_um2 / px_area), 0))
     mask = remove_small_holes(mask, max(int(config.min_hole_area_um2 / px_area), 0))
     return mask
