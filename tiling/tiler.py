@@ -373,6 +373,11 @@ def task_key(slide_id: str, rank: int, n: int, chunk: int) -> str:
     return f"tile-{slide_id}-{n - rank:08d}-{chunk}"
 
 
+def local_workers(workers: int | None) -> int:
+    """How many local workers ``workers`` means (None: one per CPU core)."""
+    return max(1, workers or os.cpu_count() or 1)
+
+
 def local_processes_available() -> bool:
     """Whether local workers can be forked processes (Linux): they start in milliseconds with everything imported."""
     import multiprocessing
@@ -413,7 +418,7 @@ def run_graph(tasks: list, *, scheduler: str | None = None, workers: int | None 
                 if on_done:
                     on_done(fut.result())
             return client.gather(futures)
-    n = max(1, workers or os.cpu_count() or 1)
+    n = local_workers(workers)
     if processes is None:
         processes = n > 1 and local_processes_available()
     with _CountTiles(on_done or (lambda n: None)):
@@ -586,7 +591,7 @@ def tile_slide(
                        stain=stain, jpeg=jpeg, reduced=reduced, level_dimensions=level_dimensions)
         # The job goes in as a bound argument: dask would otherwise walk its fields for every task.
         task = dask.delayed(functools.partial(tile_chunk, job), pure=False)
-        order = dispatch_order(todo, 1 if scheduler else max(1, workers or os.cpu_count() or 1))
+        order = dispatch_order(todo, 1 if scheduler else local_workers(workers))
         tasks = [task(ci, coords[slices[ci]], dask_key_name=task_key(slide_id, rank, len(order), ci))
                  for rank, ci in enumerate(order)]
         try:
