@@ -133,6 +133,17 @@ def test_collect_inputs_dedupes_and_never_merges_different_files(tmp_path):
     assert it.label == 1 and it.split == "train" and it.meta == {"site": "X"} and it.path == tmp_path / "a/slide.svs"
 
 
+def test_version_is_the_installed_one():
+    import importlib.metadata
+
+    import slidestream
+
+    # __init__.py holds the version and pyproject.toml reads it from there: the two cannot disagree after an install
+    assert importlib.metadata.version("slidestream") == slidestream.__version__
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and slidestream.__version__ in result.output
+
+
 def test_info_prints_one_line_per_bad_file(slides_dir):
     files = sorted(str(p) for p in slides_dir.rglob("*") if p.is_file())
     result = CliRunner().invoke(main, ["info", *files])
