@@ -461,10 +461,27 @@ def test_small_component_removal_equals_a_label_size_reference():
 
     from slidestream.tiling.tissue import remove_small_holes, remove_small_objects
 
+    def spiral(n: int) -> np.ndarray:  # one long component that winds back on itself: many union-find rounds
+        m = np.zeros((n, n), bool)
+        for d in range(0, n // 2, 4):
+            m[d, d:n - d] = m[d:n - d, n - 1 - d] = m[n - 1 - d, d:n - d] = True
+            m[d + 2:n - d, d] = True
+            if d + 2 < n - d:
+                m[d + 2, d:n - 2 - d] = True
+        return m
+
     rng = np.random.default_rng(1)
+    stairs = np.eye(90, dtype=bool) | np.eye(90, k=1, dtype=bool)  # 4-connected only through the second diagonal
+    comb = np.zeros((60, 70), bool)
+    comb[::2] = True
+    comb[:, -1] = True
+    shapes = [spiral(97), ~spiral(97), stairs, np.eye(50, dtype=bool), comb, ~comb,
+              np.ones((5, 7), bool), np.zeros((5, 7), bool)]
+    masks = [(m, k) for m in shapes for k in (1, 3, 60, 10_000)]
     for _ in range(40):
-        mask = rng.random((int(rng.integers(3, 80)), int(rng.integers(3, 80)))) < rng.uniform(0.05, 0.9)
-        k = int(rng.integers(1, 20))
+        masks.append((rng.random((int(rng.integers(3, 80)), int(rng.integers(3, 80)))) < rng.uniform(0.05, 0.9),
+                      int(rng.integers(1, 20))))
+    for mask, k in masks:
         labels, _ = ndi.label(mask)
         keep = np.bincount(labels.ravel()) > k
         keep[0] = False
