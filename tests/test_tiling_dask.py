@@ -163,8 +163,6 @@ def test_dispatch_order_interleaves_contiguous_bands():
 @pytest.mark.parametrize("processes", [False, True])
 def test_local_workers_start_tasks_in_rank_order(processes, tmp_path):
     """The task keys make dask's local schedulers start chunks in dispatch order (one worker: exactly)."""
-    import dask
-
     order = dispatch_order(list(range(23)), 2)
     log = tmp_path / "log"
 
@@ -175,12 +173,12 @@ def test_local_workers_start_tasks_in_rank_order(processes, tmp_path):
             time.sleep(0.3)  # both workers start their first task before either can take a second one
         return 1
 
-    task = dask.delayed(note, pure=False)
-    tasks = [task(ci, dask_key_name=task_key("s", rank, len(order), ci)) for rank, ci in enumerate(order)]
-    run_graph(tasks, workers=1)
+    keys = [task_key("s", rank, len(order), ci) for rank, ci in enumerate(order)]
+    graph = {key: (note, ci) for key, ci in zip(keys, order)}
+    assert run_graph(graph, keys, workers=1) == [1] * len(order)
     assert [int(v) for v in log.read_text().split()] == order
     log.unlink()
-    run_graph(tasks, workers=2, processes=processes)
+    run_graph(graph, keys, workers=2, processes=processes)  # a closure: sent with cloudpickle, not pickle
     started = [int(v) for v in log.read_text().split()]
     assert sorted(started) == sorted(order)
     assert set(started[:2]) == set(order[:2])  # the first two go out first, one to each worker

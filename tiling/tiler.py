@@ -18,16 +18,16 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 import imagecodecs
 import numpy as np
 import shapely
@@ -283,18 +283,14 @@ def tile_chunk(job: ChunkJob, chunk_index: int, coords: np.ndarray) -> int:
     -------
     int : the number of tiles written.
     """
-    store = _store_for_task(job.store_path)
+    store, source = _open_for(job)
     n = len(coords)
     white = np.empty(n, np.float64)
     sharpness = np.empty(n, np.float64)
     if job.jpeg is not None:
-        tiles = _jpeg_tiles(job, coords, white, sharpness)
+        tiles = _jpeg_tiles(job, source, coords, white, sharpness)
     else:
-        if job.reduced is not None:
-            read = _reduced_for_task(job.slide_path, job.level_dimensions, job.reduced).read
-        else:
-            slide = _slide_for_task(job.slide_path, job.mpp)
-            read = functools.partial(read_tile, slide, plan=job.plan)
+        read = source.read if job.reduced is not None else functools.partial(read_tile, source, plan=job.plan)
         size = job.plan.tile_size
         batch = np.empty((n, size, size, 3), np.uint8)
         for i, xy in enumerate(coords):
@@ -317,13 +313,24 @@ def tile_chunk(job: ChunkJob, chunk_index: int, coords: np.ndarray) -> int:
     return n
 
 
-def _jpeg_tiles(job: ChunkJob, coords: np.ndarray, white: np.ndarray, sharpness: np.ndarray) -> list[bytes]:
+def _open_for(job: ChunkJob) -> tuple[SlideStore, Any]:
+    """The store a task of ``job`` writes, and what it reads from: the direct reader (pass-through), the
+    reduced-tile reader, or the slide; opened once per process (:data:`_handles`)."""
+    store = _store_for_task(job.store_path)
+    if job.jpeg is not None:
+        return store, _reader_for_task(job.slide_path, job.level_dimensions)
+    if job.reduced is not None:
+        return store, _reduced_for_task(job.slide_path, job.level_dimensions, job.reduced)
+    return store, _slide_for_task(job.slide_path, job.mpp)
+
+
+def _jpeg_tiles(job: ChunkJob, reader: DirectTiffReader, coords: np.ndarray, white: np.ndarray,
+                sharpness: np.ndarray) -> list[bytes]:
     """The stored JPEG tiles under ``coords`` as complete streams; each is decoded once, for its QC values.
 
     QC needs only the luma, so the tiles are decoded straight to grey: libjpeg then skips the chroma planes'
     inverse DCT, upsampling and colour conversion, about 40 % of an RGB decode.
     """
-    reader = _reader_for_task(job.slide_path, job.level_dimensions)
     level = reader.levels[job.plan.level]
     step = int(round(job.plan.extent0))  # level-0 pixels per stored tile (aligned grid: tile size x downsample)
     tables, colorspace = level.jpegtables, job.jpeg.colorspace
@@ -387,13 +394,18 @@ def local_processes_available() -> bool:
             and not multiprocessing.current_process().daemon)
 
 
-def run_graph(tasks: list, *, scheduler: str | None = None, workers: int | None = None,
-              on_done: Callable[[int], None] | None = None, processes: bool | None = None) -> list:
-    """Compute delayed tasks locally (threads or forked processes), or on a ``dask.distributed`` cluster.
+def run_graph(graph: Mapping[str, tuple], keys: list[str], *, scheduler: str | None = None,
+              workers: int | None = None, on_done: Callable[[int], None] | None = None,
+              processes: bool | None = None) -> list:
+    """Compute the tasks ``keys`` of a dask graph locally (threads or forked processes), or on a
+    ``dask.distributed`` cluster.
 
     Parameters
     ----------
-    tasks : list of dask.delayed
+    graph : mapping
+        A dask task graph, ``{key: (function, *args)}``.
+    keys : list of str
+        The tasks to compute (their results are returned in this order).
     scheduler : str, optional
         Address of a running ``dask.distributed`` scheduler (``tcp://host:8786``); None runs locally.
     workers : int, optional
@@ -404,8 +416,13 @@ def run_graph(tasks: list, *, scheduler: str | None = None, workers: int | None 
         Local workers as processes (default where :func:`local_processes_available` and ``workers > 1``) or
         threads. Tiling holds the GIL between its numpy calls (QC, assembly): two threads reach ~1.6x one,
         processes scale with the cores. One worker always runs in this process.
+
+    Notes
+    -----
+    The graph goes straight to a scheduler's ``get``: ``dask.compute`` over delayed objects would first tokenize
+    and optimise an expression of the whole graph, ~0.5 ms per task of serial work in this process.
     """
-    if not tasks:
+    if not keys:
         return []
     if scheduler:
         from distributed import Client, as_completed
@@ -413,7 +430,7 @@ def run_graph(tasks: list, *, scheduler: str | None = None, workers: int | None 
         with Client(scheduler) as client:
             # a chunk whose task raised (a flaky network read) gets two more tries; a dead worker's chunks are
             # re-run by the scheduler anyway
-            futures = client.compute(tasks, retries=2)
+            futures = client.get(dict(graph), keys, sync=False, retries=2)
             for fut in as_completed(futures):
                 if on_done:
                     on_done(fut.result())
@@ -429,19 +446,30 @@ def run_graph(tasks: list, *, scheduler: str | None = None, workers: int | None 
 
             # Forked, the workers start in milliseconds with every module imported (spawned ones would import
             # slidestream again, ~0.5 s each). Zarr re-creates its event loop in a forked child itself.
-            with multiprocessing.get_context("fork").Pool(min(n, len(tasks))) as pool:
+            with multiprocessing.get_context("fork").Pool(min(n, len(keys))) as pool:
                 # chunksize 1: a chunk per dispatch keeps the workers' loads even to the end, and progress smooth
-                out = dask.compute(*tasks, scheduler=dask.multiprocessing.get, pool=pool, num_workers=n,
-                                   chunksize=1)
+                out = dask.multiprocessing.get(graph, keys, pool=pool, num_workers=n, chunksize=1,
+                                               optimize_graph=False, func_dumps=_dumps_task,
+                                               func_loads=pickle.loads)
                 # reaped before returning: their CPU time then counts towards this process's children
                 pool.close()
                 pool.join()
             return list(out)
         import dask.threaded
 
-        # The scheduler function itself, not the name "threads": given a name, dask imports dask.distributed to
-        # look for a default client, which costs a local run ~0.2 s of start-up.
-        return list(dask.compute(*tasks, scheduler=dask.threaded.get, num_workers=n))
+        return list(dask.threaded.get(graph, keys, num_workers=n))
+
+
+def _dumps_task(obj) -> bytes:
+    """Serialise a task for a local worker process with the standard pickle (C), and with cloudpickle only for
+    what it cannot handle (closures, lambdas). Dask's default, cloudpickle for everything, costs the parent ~1 ms
+    of CPU per tiling task, taken from the CPUs the workers run on."""
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def tile_slide(
@@ -590,13 +618,19 @@ def tile_slide(
         job = ChunkJob(slide_path=str(slide_path), mpp=mpp, store_path=str(store_path), plan=plan, qc=qc_config,
                        stain=stain, jpeg=jpeg, reduced=reduced, level_dimensions=level_dimensions)
         # The job goes in as a bound argument: dask would otherwise walk its fields for every task.
-        task = dask.delayed(functools.partial(tile_chunk, job), pure=False)
+        task = functools.partial(tile_chunk, job)
+        if not scheduler and (job.jpeg is not None or job.reduced is not None):
+            # Opened here, before any worker is forked, the store and the stored-tile reader are inherited by every
+            # worker instead of being opened by each in its first task (~40 ms each, on the critical path). Only
+            # these: they read with os.pread, so forked copies share no file position (an OpenSlide handle reads by
+            # seek-then-read, and forked copies of it would move each other's offset).
+            _open_for(job)
         order = dispatch_order(todo, 1 if scheduler else local_workers(workers))
-        tasks = [task(ci, coords[slices[ci]], dask_key_name=task_key(slide_id, rank, len(order), ci))
-                 for rank, ci in enumerate(order)]
+        keys = [task_key(slide_id, rank, len(order), ci) for rank, ci in enumerate(order)]
+        graph = {key: (task, ci, coords[slices[ci]]) for key, ci in zip(keys, order)}
         try:
-            written = len(run_graph(tasks, scheduler=scheduler, workers=workers, on_done=on_done,
-                                      processes=processes))
+            written = len(run_graph(graph, keys, scheduler=scheduler, workers=workers, on_done=on_done,
+                                    processes=processes))
         finally:
             # the slide's readers hold decoded-tile caches: do not keep them for the next slide of a batch
             _handles.release(str(slide_path), str(store_path))
