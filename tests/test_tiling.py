@@ -324,6 +324,39 @@ def test_reduced_tile_reads_equal_region_reads(synth40, cmu_slide, tmp_path):
     assert np.array_equal(store.group["qc/sharpness"][...], expected[:, 1])
 
 
+def test_overview_reduced_by_the_decoder(synth40, cmu_slide):
+    from PIL import Image
+
+    from slidestream.tiling.stored import dct_reduced_level
+    from slidestream.tiling.tiler import overview
+
+    with open_slide(synth40) as slide:
+        # 4096 x 3072 at 0.25 µm/px: levels 4096, 1024, 256 px wide; 900 px comes from level 1 at 7/8
+        level, exact_size = slide.overview_level(900)
+        assert level == 1 and exact_size == (900, 675)
+        small = overview(slide, 900)
+        assert small.shape == (768 * 7 // 8, 1024 * 7 // 8, 3) == (672, 896, 3)
+        region = slide.read_region((0, 0), 1, slide.level_dimensions[1])
+        box = np.asarray(Image.fromarray(region).resize((896, 672), Image.Resampling.BOX))
+        diff = np.abs(small.astype(int) - box)
+        print(f"decoder-reduced overview vs box: mean {diff.mean():.3f}, 99.9th percentile {np.percentile(diff, 99.9)}")
+        mpp = slide.mpp * 4096 / 896
+        a, b = segment_tissue(small, mpp), segment_tissue(box, mpp)
+        print(f"tissue masks IoU {(a & b).sum() / (a | b).sum():.4f}")
+        assert diff.mean() <= 1.5 and (a & b).sum() / (a | b).sum() >= 0.98
+        # 520 px: level 1 at 4/8, 512 px (at least two thirds of 520)
+        assert overview(slide, 520).shape == (384, 512, 3)
+        # 256 px is level 2 itself: read as it is
+        assert overview(slide, 256).shape == (192, 256, 3)
+        # level 1 to at most 240 px would take 1/8 (128 px), under two thirds of 240: not done by the decoder
+        assert dct_reduced_level(slide, 1, 240) is None
+    with open_slide(cmu_slide) as slide:
+        # RGB-coded JPEG: the decoder cannot be left to guess the colour space, so the exact resize
+        level, size = slide.overview_level(1000)
+        assert dct_reduced_level(slide, level, 1000) is None
+        assert overview(slide, 1000).shape[:2] == size[::-1]
+
+
 def test_a_store_reduced_otherwise_is_not_resumed(synth40, tmp_path):
     params = TilingParams(mpp=0.5, tile_size=224)
     store = SlideStore.open(tile_slide(synth40, tmp_path, params, chunk_tiles=8).store, mode="r+")

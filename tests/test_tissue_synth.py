@@ -23,18 +23,19 @@ from slidestream.tiling.tissue import (
 from slidestream.wsi.slide import open_slide
 from slidestream.wsi.synth import SynthConfig, write_synthetic_slide
 
-# (width, height, mpp, seed): 40x and 20x, square and wide, every ink colour among the seeds
-CASES = [(8192, 6144, 0.25, 0), (6144, 6144, 0.25, 1), (8192, 8192, 0.25, 2), (12288, 8192, 0.25, 3),
-         (6144, 4096, 0.5, 4)]
+# (width, height, mpp, seed, overview size): 40x and 20x, square and wide, every ink colour among the seeds. The
+# overviews are pyramid levels read as they are, except the last: a level the JPEG decoder reduces to 5/8.
+CASES = [(8192, 6144, 0.25, 0, 2048), (6144, 6144, 0.25, 1, 2048), (8192, 8192, 0.25, 2, 2048),
+         (12288, 8192, 0.25, 3, 2048), (6144, 4096, 0.5, 4, 2048), (12288, 8192, 0.25, 5, 500)]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}x{c[1]}@{c[2]}-seed{c[3]}")
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}x{c[1]}@{c[2]}-seed{c[3]}-{c[4]}px")
 def pen_slide(request, tmp_path_factory):
-    w, h, mpp, seed = request.param
+    w, h, mpp, seed, size = request.param
     path = tmp_path_factory.mktemp("pen") / f"pen{seed}.svs"
     synth = write_synthetic_slide(path, SynthConfig(width=w, height=h, mpp=mpp, pen_marks=True, n_pen=3, seed=seed))
     with open_slide(path) as slide:
-        mask, ds = tissue_mask(slide, TilingParams())
+        mask, ds = tissue_mask(slide, TilingParams(thumbnail_size=size))
     return synth, mask, ds
 
 

@@ -41,7 +41,7 @@ from .codecs import merge_jpeg_tables
 from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
 from .qc import QC_FLAG_DOC, QC_MEASURE, QCConfig, luma_stats, qc_flags, tile_stats
 from .store import JpegTiles, SlideStore, identity_dict, identity_of
-from .stored import ReducedRead, ReducedTileReader, jpeg_passthrough, reduced_read
+from .stored import ReducedRead, ReducedTileReader, dct_reduced_level, jpeg_passthrough, reduced_read
 from .tissue import TissueConfig, mask_to_polygons, segment_tissue
 
 Progress = Callable[[int, int], None]
@@ -99,16 +99,24 @@ _OVERVIEW_MAX_PIXELS = 64_000_000
 def overview(slide: Slide, max_size: int) -> np.ndarray:
     """Whole-slide image no larger than ``max_size`` on its longer side, for tissue segmentation.
 
-    Reads the coarsest pyramid level at least that large in one piece and area-averages it with PIL (a few
-    tens of ms where :meth:`Slide.thumbnail`'s banded numpy averaging takes most of a second); levels above
-    :data:`_OVERVIEW_MAX_PIXELS` (slides without a usable pyramid) go through :meth:`Slide.thumbnail`.
+    Where the coarsest pyramid level at least that large is stored as YCbCr JPEG, the decoder reduces it by
+    ``M/8`` (:func:`~slidestream.tiling.stored.dct_reduced_level`): the result is then between two thirds of
+    ``max_size`` and ``max_size``, in a tenth of the time of the exact path. Otherwise that level is read in one
+    piece and area-averaged with PIL to exactly ``max_size`` (a few tens of ms where :meth:`Slide.thumbnail`'s
+    banded numpy averaging takes most of a second); levels above :data:`_OVERVIEW_MAX_PIXELS` (slides without
+    a usable pyramid) go through :meth:`Slide.thumbnail`.
 
     Returns
     -------
-    (h, w, 3) uint8 array with ``max(h, w) == min(max_size, max(level-0 w, h))``.
+    (h, w, 3) uint8 array, aspect ratio kept; ``max(h, w) == min(max_size, max(level-0 w, h))`` on the exact
+    path. Callers take the downsample from its shape.
     """
     level, (out_w, out_h) = slide.overview_level(max_size)
     lw, lh = slide.level_dimensions[level]
+    if (lw, lh) != (out_w, out_h):
+        small = dct_reduced_level(slide, level, max_size)
+        if small is not None:
+            return small
     if lw * lh > _OVERVIEW_MAX_PIXELS:
         return slide.thumbnail(max_size)
     region = slide.read_region((0, 0), level, (lw, lh))
