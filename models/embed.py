@@ -167,7 +167,8 @@ def embed_store(
     name : str, optional
         Feature key (default: the encoder preset's name).
     batch_size : int, optional
-        Forward-pass batch; default one store chunk (``store.chunk_tiles`` tiles).
+        Forward-pass batch; default one store chunk (``store.chunk_tiles`` tiles), at most 64 (stores of kept
+        JPEG tiles have chunks of 256).
     out_dtype : {"float16", "float32"}
         Stored feature dtype.
     amp_dtype : {"bfloat16", "float16", "float32"}, torch.dtype or None
@@ -229,7 +230,7 @@ def embed_store(
     finished = total - sum(slices[i].stop - slices[i].start for i in todo)
     if progress:
         progress(finished, total)
-    batch_size = int(batch_size or arr.chunks[0])
+    batch_size = int(batch_size or min(arr.chunks[0], 64))
     workers = _default_workers(device, not from_patches) if workers is None else int(workers)
     if workers < 0:
         raise ConfigError(f"workers must be >= 0, got {workers}")

@@ -252,6 +252,12 @@ def test_native_grid_keeps_the_slides_own_jpeg_tiles(synth40, tmp_path):
     print("sharpness, pass-through vs pixels: max relative difference",
           float(np.max(np.abs(sharp_jpeg - sharp_px) / np.maximum(sharp_px, 1.0))))
     assert (store.group["qc/sharpness"][...] > 0).all()
+    # by default, chunks of about the same work: 256 kept JPEG tiles, 64 decoded ones
+    for passthrough, rows in ((True, 256), (False, 64)):
+        default = SlideStore.open(tile_slide(synth40, tmp_path / f"default-{passthrough}", NATIVE,
+                                             passthrough=passthrough).store)
+        assert default.chunk_tiles == rows and default.patches.attrs["encoding"]["name"] == \
+            ("jpeg" if passthrough else "pixels")
 
 
 def test_real_aperio_rgb_jpeg_with_shared_tables_passes_through(cmu_slide, tmp_path):

@@ -49,6 +49,8 @@ from .codecs import JpegTileCodec
 
 SCHEMA_VERSION = 2
 DEFAULT_CHUNK_TILES = 64
+#: Tiles per shard where patches are the slide's own JPEG tiles (the tiler's default; see ``tile_slide``).
+JPEG_CHUNK_TILES = 256
 # Lossless patches: lz4 at a low level. Measured with bench/tile.py on real H&E (CMU-1-Small-Region, 224 px
 # tiles, one thread): lz4 1.26x smaller for ~0.06 ms/tile, zstd-1 1.32x for ~0.33 ms/tile, no compression
 # ~0.06 ms/tile to write. lz4 saves a fifth of the disk for about the cost of the write itself.

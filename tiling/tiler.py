@@ -40,7 +40,7 @@ from ..wsi.slide import Slide, open_slide, slide_id_from_path
 from .codecs import merge_jpeg_tables
 from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
 from .qc import QC_FLAG_DOC, QC_MEASURE, QCConfig, luma_stats, qc_flags, tile_stats
-from .store import JpegTiles, SlideStore, identity_dict, identity_of
+from .store import DEFAULT_CHUNK_TILES, JPEG_CHUNK_TILES, JpegTiles, SlideStore, identity_dict, identity_of
 from .stored import ReducedRead, ReducedTileReader, dct_reduced_level, jpeg_passthrough, reduced_read
 from .tissue import TissueConfig, mask_to_polygons, segment_tissue
 
@@ -487,7 +487,7 @@ def tile_slide(
     *,
     mpp: float | None = None,
     save_patches: bool = True,
-    chunk_tiles: int = 64,
+    chunk_tiles: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     overwrite: bool = False,
@@ -518,6 +518,12 @@ def tile_slide(
         Level-0 pixel size override for slides without one.
     save_patches : bool
         Store the RGB patches and their QC (otherwise only coordinates, read from the slide at embedding time).
+    chunk_tiles : int, optional
+        Tiles per store chunk, the unit of work and of resume (used when the store is created). Default
+        :data:`~slidestream.tiling.store.JPEG_CHUNK_TILES` (256) where the slide's JPEG tiles are kept, whose
+        tiles cost ~0.2 ms each, else :data:`~slidestream.tiling.store.DEFAULT_CHUNK_TILES` (64; decoded and
+        resized tiles cost ~1 ms): about 50 ms of work per chunk either way, so the fixed cost of a chunk (a
+        task, five atomic file writes) stays small against its tiles.
     workers : int, optional
         Local workers (default: CPU cores): forked processes where the platform allows (Linux), else threads.
     scheduler : str, optional
@@ -590,6 +596,8 @@ def tile_slide(
                                            compressors=None)
                     group["qc"].attrs.update({"config": qc_config.to_dict(), "flags": QC_FLAG_DOC})
 
+            if chunk_tiles is None:
+                chunk_tiles = JPEG_CHUNK_TILES if jpeg is not None else DEFAULT_CHUNK_TILES
             store = SlideStore.create(
                 store_path, coords=coords[keep], tissue=frac[keep], slide=slide_attrs, tiling=tiling,
                 tile_size=params.tile_size if save_patches else None, chunk_tiles=chunk_tiles, overwrite=overwrite,
