@@ -92,7 +92,7 @@ class Run:
 
 def slidestream_command() -> list[str]:
     exe = Path(sys.executable).with_name("slidestream")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-c", "from slidestream.cli.main import main; main()"]
+    return [str(exe)] if exe.is_file() else [sys.executable, "-c", "from slidestream.cli.main import run; run()"]
 
 
 def run_tile(slide: Path, work: Path, *, mpp: float, tile_size: int, workers: int, cpus: set[int]) -> Run:

@@ -144,6 +144,25 @@ def test_version_is_the_installed_one():
     assert result.exit_code == 0 and slidestream.__version__ in result.output
 
 
+def test_console_command_exits_hard_but_completely(cmu_slide, tmp_path):
+    """``run`` (the installed ``slidestream``) skips the interpreter's teardown, not output, exit codes or exit
+    handlers."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "atexit-ran"
+    prog = (f"import atexit, pathlib; atexit.register(pathlib.Path({str(marker)!r}).touch); "
+            "from slidestream.cli.main import run; run()")
+    done = subprocess.run([sys.executable, "-c", prog, "info", "--json", str(cmu_slide)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["slides"][0]["dimensions"] == [2220, 2967]  # all of it, flushed
+    assert marker.exists()
+    done = subprocess.run([sys.executable, "-c", prog, "info", str(tmp_path / "missing.svs")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and "missing.svs" in done.stdout + done.stderr
+
+
 def test_info_prints_one_line_per_bad_file(slides_dir):
     files = sorted(str(p) for p in slides_dir.rglob("*") if p.is_file())
     result = CliRunner().invoke(main, ["info", *files])
