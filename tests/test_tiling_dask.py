@@ -160,6 +160,40 @@ def test_dispatch_order_interleaves_contiguous_bands():
     assert dispatch_order([], 2) == []
 
 
+def test_band_claims_hand_out_every_chunk_once_band_by_band():
+    import multiprocessing
+
+    from slidestream.tiling.tiler import BandClaims
+
+    # one process: its own band in order, then the other band from its end
+    claims = BandClaims(list(range(10, 17)), 2)
+    assert [claims.claim() for _ in range(8)] == [10, 11, 12, 13, 16, 15, 14, None]
+    # three forked processes claiming at once
+    claims = BandClaims(list(range(30)), 3)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.SimpleQueue()
+
+    def worker():
+        got = []
+        while (chunk := claims.claim()) is not None:
+            got.append(chunk)
+            time.sleep(0.01)  # the three start within this of each other, long before a band runs out
+        queue.put(got)
+
+    procs = [ctx.Process(target=worker) for _ in range(3)]
+    for p in procs:
+        p.start()
+    runs = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    assert sorted(c for run in runs for c in run) == list(range(30))  # each chunk once
+    # each process starts on a band of its own and works through it in order
+    assert sorted(run[0] for run in runs) == [0, 10, 20]
+    for run in runs:
+        own = [c for c in run if run[0] <= c < run[0] + 10]
+        assert own == list(range(run[0], run[0] + len(own)))
+
+
 @pytest.mark.parametrize("processes", [False, True])
 def test_local_workers_start_tasks_in_rank_order(processes, tmp_path):
     """The task keys make dask's local schedulers start chunks in dispatch order (one worker: exactly)."""
