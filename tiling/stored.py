@@ -58,6 +58,14 @@ def _level_coords(coords: np.ndarray, ds: int) -> np.ndarray | None:
     return coords // ds
 
 
+def _direct_reader(slide: Slide) -> DirectTiffReader | None:
+    """A direct reader of the slide's stored tiles (no decoded-tile cache), or None where it has none."""
+    try:
+        return DirectTiffReader(slide.path, slide.level_dimensions, cache_bytes=0)
+    except DirectUnsupported:
+        return None
+
+
 def jpeg_passthrough(slide: Slide, plan: ReadPlan, coords: np.ndarray) -> JpegTiles | None:
     """How to keep the slide's own JPEG tiles for these tiles, or None when they cannot be kept as they are.
 
@@ -79,9 +87,8 @@ def jpeg_passthrough(slide: Slide, plan: ReadPlan, coords: np.ndarray) -> JpegTi
     level_xy = None if ds is None else _level_coords(coords, ds)
     if level_xy is None:
         return None
-    try:
-        reader = DirectTiffReader(slide.path, slide.level_dimensions, cache_bytes=0)
-    except DirectUnsupported:
+    reader = _direct_reader(slide)
+    if reader is None:
         return None
     with reader:
         level = reader.levels.get(plan.level)
@@ -161,9 +168,8 @@ def reduced_read(slide: Slide, plan: ReadPlan, coords: np.ndarray) -> ReducedRea
     if level_xy is None:
         return None
     k = plan.read_size // plan.tile_size
-    try:
-        reader = DirectTiffReader(slide.path, slide.level_dimensions, cache_bytes=0)
-    except DirectUnsupported:
+    reader = _direct_reader(slide)
+    if reader is None:
         return None
     with reader:
         level = reader.levels.get(plan.level)
@@ -222,9 +228,8 @@ def dct_reduced_level(slide: Slide, level: int, max_size: int) -> np.ndarray | N
     """
     if level not in slide.direct_levels:
         return None
-    try:
-        reader = DirectTiffReader(slide.path, slide.level_dimensions, cache_bytes=0)
-    except DirectUnsupported:
+    reader = _direct_reader(slide)
+    if reader is None:
         return None
     with reader:
         lv = reader.levels.get(level)
