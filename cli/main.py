@@ -200,6 +200,9 @@ def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, mpp, save_patc
 
     Re-running finishes interrupted stores and skips complete ones.
     """
+    # Before numpy loads: OpenBLAS would start a thread per core that spins ~0.1 s of CPU each, taken from the
+    # tiler's own workers, and tiling makes no BLAS call worth a thread (an explicit user setting is kept).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from ..batch import collect_inputs
     from ..pipeline import tile_batch
     from ..tiling.grid import TilingParams
