@@ -330,11 +330,12 @@ def test_reduced_tile_reads_equal_region_reads(synth40, cmu_slide, tmp_path):
     assert np.array_equal(store.group["qc/sharpness"][...], expected[:, 1])
 
 
-def test_overview_reduced_by_the_decoder(synth40, cmu_slide):
+def test_overview_reduced_by_the_decoder(synth40, cmu_slide, tmp_path):
     from PIL import Image
 
     from slidestream.tiling.stored import dct_reduced_level
     from slidestream.tiling.tiler import overview
+    from slidestream.wsi.direct import DirectTiffReader
 
     with open_slide(synth40) as slide:
         # 4096 x 3072 at 0.25 µm/px: levels 4096, 1024, 256 px wide; 900 px comes from level 1 at 7/8
@@ -356,6 +357,20 @@ def test_overview_reduced_by_the_decoder(synth40, cmu_slide):
         assert overview(slide, 256).shape == (192, 256, 3)
         # level 1 to at most 240 px would take 1/8 (128 px), under two thirds of 240: not done by the decoder
         assert dct_reduced_level(slide, 1, 240) is None
+    # a damaged tile: the decoder refuses it, and the exact path reads the level as the slide reader can
+    damaged = tmp_path / "damaged.svs"
+    shutil.copy(synth40, damaged)
+    with open_slide(damaged) as slide:
+        with DirectTiffReader(damaged, slide.level_dimensions, cache_bytes=0) as reader:
+            lv = reader.levels[1]
+            index = int(np.flatnonzero(lv.counts)[5])
+            offset, count = int(lv.offsets[index]), int(lv.counts[index])
+    with open(damaged, "r+b") as f:
+        f.seek(offset + count // 3)
+        f.write(b"\xff\xd9" + bytes(range(200)))  # an end-of-image marker mid-stream, then garbage
+    with open_slide(damaged) as slide:
+        assert dct_reduced_level(slide, 1, 900) is None
+        assert overview(slide, 900).shape == (675, 900, 3)
     with open_slide(cmu_slide) as slide:
         # RGB-coded JPEG: the decoder cannot be left to guess the colour space, so the exact resize
         level, size = slide.overview_level(1000)

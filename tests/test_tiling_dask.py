@@ -212,7 +212,7 @@ def test_local_workers_start_tasks_in_rank_order(processes, tmp_path):
     assert run_graph(graph, keys, workers=1) == [1] * len(order)
     assert [int(v) for v in log.read_text().split()] == order
     log.unlink()
-    run_graph(graph, keys, workers=2, processes=processes)  # a closure: sent with cloudpickle, not pickle
+    run_graph(graph, keys, workers=2, processes=processes)
     started = [int(v) for v in log.read_text().split()]
     assert sorted(started) == sorted(order)
     assert set(started[:2]) == set(order[:2])  # the first two go out first, one to each worker

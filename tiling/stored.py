@@ -246,7 +246,10 @@ def dct_reduced_level(slide: Slide, level: int, max_size: int) -> np.ndarray | N
         for index in np.flatnonzero(lv.counts):
             row, col = divmod(int(index), cols)
             data = merge_jpeg_tables(reader.raw_tile(level, col, row), lv.jpegtables)
-            tile = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=sh, min_width=sw)
+            try:
+                tile = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=sh, min_width=sw)
+            except ValueError:
+                return None  # a damaged tile: the caller's exact path reads the level and says what is wrong
             if tile.shape[:2] != (sh, sw):
                 return None  # a decoder without this scale: the caller's exact path
             out[row * sh:(row + 1) * sh, col * sw:(col + 1) * sw] = tile

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import pickle
 import sys
 import threading
 import time
@@ -524,8 +523,7 @@ def run_graph(graph: Mapping[str, tuple], keys: list[str], *, scheduler: str | N
             with multiprocessing.get_context("fork").Pool(min(n, len(keys))) as pool:
                 # chunksize 1: a chunk per dispatch keeps the workers' loads even to the end, and progress smooth
                 out = dask.multiprocessing.get(graph, keys, pool=pool, num_workers=n, chunksize=1,
-                                               optimize_graph=False, func_dumps=_dumps_task,
-                                               func_loads=pickle.loads)
+                                               optimize_graph=False)
                 # reaped before returning: their CPU time then counts towards this process's children
                 pool.close()
                 pool.join()
@@ -533,18 +531,6 @@ def run_graph(graph: Mapping[str, tuple], keys: list[str], *, scheduler: str | N
         import dask.threaded
 
         return list(dask.threaded.get(graph, keys, num_workers=n))
-
-
-def _dumps_task(obj) -> bytes:
-    """Serialise a task for a local worker process with the standard pickle (C), and with cloudpickle only for
-    what it cannot handle (closures, lambdas). Dask's default, cloudpickle for everything, costs the parent ~1 ms
-    of CPU per tiling task, taken from the CPUs the workers run on."""
-    try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        import cloudpickle
-
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def tile_slide(
