@@ -61,7 +61,8 @@ from slidestream.tiling.grid import (
     plan_reads,
     tissue_fractions,
 )
-from slidestream.tiling.tiler import read_tile, resize_patch, tile_slide, tissue_mask
+from slidestream.tiling.overview import tissue_mask
+from slidestream.tiling.tiler import read_tile, resize_patch, tile_slide
 from slidestream.wsi.direct import DirectTiffReader
 from slidestream.wsi.slide import open_slide
 from _slides import synthetic_slide  # noqa: E402  (bench/ is on sys.path when run as a script)

@@ -54,12 +54,11 @@ import imagecodecs
 import numpy as np
 import openslide
 import tifffile
-from slidestream.tiling.codecs import merge_jpeg_tables
 from slidestream.tiling.grid import TilingParams, plan_reads
 from slidestream.tiling.store import SlideStore
 from slidestream.tiling.stored import ReducedTileReader, reduced_read
 from slidestream.tiling.tiler import read_tile, tile_slide
-from slidestream.wsi.direct import DirectTiffReader
+from slidestream.wsi.direct import DirectTiffReader, merge_jpeg_tables
 from slidestream.wsi.slide import open_slide, slide_id_from_path
 from _slides import synthetic_slide  # noqa: E402  (bench/ is on sys.path when run as a script)
 from tifffile.tifffile import jpeg_decode_colorspace
@@ -92,7 +91,9 @@ class Run:
 
 def slidestream_command() -> list[str]:
     exe = Path(sys.executable).with_name("slidestream")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-c", "from slidestream.cli.main import run; run()"]
+    if exe.is_file():
+        return [str(exe)]
+    return [sys.executable, "-c", "from slidestream.cli.main import console; console()"]
 
 
 def run_tile(slide: Path, work: Path, *, mpp: float, tile_size: int, workers: int, cpus: set[int]) -> Run:

@@ -551,7 +551,7 @@ def bench(source, out, encoder, weights, head, folds, epochs, seed, target_mpp, 
     click.echo(f"report: {res.report}\nrecord: {res.record}")
 
 
-def run() -> None:
+def console() -> None:
     """The ``slidestream`` console command: :func:`main`, then an exit without the interpreter's teardown.
 
     Once a command has returned, every file it wrote is complete and closed, and what the interpreter does next,
@@ -580,4 +580,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    run()
+    console()

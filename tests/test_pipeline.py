@@ -145,14 +145,14 @@ def test_version_is_the_installed_one():
 
 
 def test_console_command_exits_hard_but_completely(cmu_slide, tmp_path):
-    """``run`` (the installed ``slidestream``) skips the interpreter's teardown, not output, exit codes or exit
+    """``console`` (the installed ``slidestream``) skips the interpreter's teardown, not output, exit codes or exit
     handlers."""
     import subprocess
     import sys
 
     marker = tmp_path / "atexit-ran"
     prog = (f"import atexit, pathlib; atexit.register(pathlib.Path({str(marker)!r}).touch); "
-            "from slidestream.cli.main import run; run()")
+            "from slidestream.cli.main import console; console()")
     done = subprocess.run([sys.executable, "-c", prog, "info", "--json", str(cmu_slide)], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import openslide
 import pytest
 import zarr
 from slidestream.errors import ConfigError, StoreError
-from slidestream.tiling.codecs import JpegTileCodec, merge_jpeg_tables
+from slidestream.tiling.codecs import JpegTileCodec
 from slidestream.tiling.grid import TilingParams, grid_coords, plan_reads, tissue_fractions
 from slidestream.tiling.regions import roi_from_file, write_tissue_geojson
 from slidestream.tiling.qc import tile_stats
@@ -18,6 +20,7 @@ from slidestream.tiling.store import SlideStore
 from slidestream.tiling.stored import jpeg_passthrough, reduced_read
 from slidestream.tiling.tiler import patch_reader, read_tile, resize_patch, tile_slide, tissue_polygons
 from slidestream.tiling.tissue import mask_to_polygons, pen_mask, segment_tissue
+from slidestream.wsi.direct import merge_jpeg_tables
 from slidestream.wsi.qupath import check_qupath_geojson
 from slidestream.wsi.slide import open_slide
 from slidestream.wsi.synth import SynthConfig, write_synthetic_slide
@@ -252,6 +255,11 @@ def test_native_grid_keeps_the_slides_own_jpeg_tiles(synth40, tmp_path):
     print("sharpness, pass-through vs pixels: max relative difference",
           float(np.max(np.abs(sharp_jpeg - sharp_px) / np.maximum(sharp_px, 1.0))))
     assert (store.group["qc/sharpness"][...] > 0).all()
+    # plain Zarr, with nothing imported from slidestream, finds the JPEG tile codec through the entry point that
+    # the installed package declares
+    code = f"import zarr; p = zarr.open_group({str(store.path)!r}, mode='r')['patches'][3]; print(p.shape, p.sum())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["(256,", "256,", "3)", str(int(patches[3].sum()))], out.stderr[-2000:]
     # by default, chunks of about the same work: 256 kept JPEG tiles, 64 decoded ones
     for passthrough, rows in ((True, 256), (False, 64)):
         default = SlideStore.open(tile_slide(synth40, tmp_path / f"default-{passthrough}", NATIVE,
@@ -334,7 +342,7 @@ def test_overview_reduced_by_the_decoder(synth40, cmu_slide, tmp_path):
     from PIL import Image
 
     from slidestream.tiling.stored import dct_reduced_level
-    from slidestream.tiling.tiler import overview
+    from slidestream.tiling.overview import overview
     from slidestream.wsi.direct import DirectTiffReader
 
     with open_slide(synth40) as slide:

@@ -15,6 +15,7 @@ from slidestream.tiling.grid import TilingParams
 from slidestream.tiling.qc import FLAG_BLANK, FLAG_BLURRED, tile_qc
 from slidestream.tiling.store import SlideStore
 from slidestream.tiling.tiler import dispatch_order, run_graph, task_key, tile_slide
+from slidestream.wsi.slide import open_slide
 from slidestream.wsi.synth import SynthConfig, write_synthetic_slide
 
 PARAMS = TilingParams(mpp=0.5, tile_size=224)
@@ -216,3 +217,40 @@ def test_local_workers_start_tasks_in_rank_order(processes, tmp_path):
     started = [int(v) for v in log.read_text().split()]
     assert sorted(started) == sorted(order)
     assert set(started[:2]) == set(order[:2])  # the first two go out first, one to each worker
+
+
+def test_early_tissue_from_a_helper_process_equals_segmenting_here(synth_slide, tmp_path):
+    from slidestream.tiling.overview import EarlyTissue, start_tissue_mask, tissue_mask
+    from slidestream.tiling.tissue import TissueConfig
+
+    with open_slide(synth_slide) as slide:
+        mask, ds = tissue_mask(slide, PARAMS)
+    early = EarlyTissue(synth_slide, PARAMS, None, None)
+    assert early.matches(synth_slide, PARAMS, None, TissueConfig())
+    assert not early.matches(synth_slide, PARAMS, 0.3, None)
+    assert not early.matches(synth_slide, TilingParams(mpp=0.5, tile_size=224, thumbnail_size=512), None, None)
+    got_mask, got_ds = early.result()
+    assert np.array_equal(got_mask, mask) and got_ds == ds
+    early.close()  # after result(): nothing left to stop
+    # a slide the helper cannot read: no result, and tile_slide segments (and fails) in this process
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(b"not a slide")
+    early = EarlyTissue(bad, PARAMS, None, None)
+    assert early.result() is None
+    # one worker, or one core: no helper
+    assert start_tissue_mask(synth_slide, PARAMS, workers=1) is None
+    # the store is the same with and without the helper's mask
+    ref = SlideStore.open(tile_slide(synth_slide, tmp_path / "ref", PARAMS, workers=1).store)
+    early = EarlyTissue(synth_slide, PARAMS, None, None)
+    got = SlideStore.open(tile_slide(synth_slide, tmp_path / "early", PARAMS, workers=1, tissue=early).store)
+    assert early._recv.closed  # its result was taken
+    assert np.array_equal(got.coords, ref.coords)
+    assert np.array_equal(got.group["tissue_mask"][...], ref.group["tissue_mask"][...])
+
+
+def test_the_tissue_stage_imports_neither_zarr_nor_dask():
+    # what lets `slidestream tile` segment its first slide in a helper while it imports those (tile_batch)
+    code = ("import sys, slidestream.cli.main, slidestream.pipeline, slidestream.tiling.overview; "
+            "print(sorted(m for m in ('zarr', 'dask', 'distributed') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

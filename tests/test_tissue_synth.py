@@ -11,7 +11,7 @@ import pytest
 import shapely
 from scipy import ndimage as ndi
 from slidestream.tiling.grid import TilingParams
-from slidestream.tiling.tiler import tissue_mask
+from slidestream.tiling.overview import tissue_mask
 from slidestream.tiling.tissue import (
     TissueConfig,
     otsu_threshold_uint8,

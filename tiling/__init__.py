@@ -1,23 +1,29 @@
 """Tissue segmentation, tile grids, the per-slide Zarr store and the tiler that fills it."""
 
-from .codecs import JpegTileCodec
-from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
-from .qc import QCConfig, tile_qc, tile_stats
-from .store import JpegTiles, SlideStore
-from .stored import jpeg_passthrough, reduced_read
-from .tiler import TileResult, tile_slide, tissue_mask, tissue_polygons
-from .tissue import TissueConfig, mask_to_polygons, pen_mask, segment_tissue
+import importlib
 
-_LAZY = {"roi_from_file": "regions", "write_tissue_geojson": "regions"}
+# Every name is loaded on first use (PEP 562), so that importing one submodule, e.g. the tissue segmentation, does
+# not import Zarr and Dask (~0.15 s) with the store and the tiler: `slidestream tile` segments the first slide in
+# a forked helper while the parent imports those.
+_WHERE = {
+    "JpegTileCodec": "codecs",
+    "ReadPlan": "grid", "TilingParams": "grid", "grid_coords": "grid", "plan_reads": "grid",
+    "tissue_fractions": "grid",
+    "QCConfig": "qc", "tile_qc": "qc", "tile_stats": "qc",
+    "JpegTiles": "store", "SlideStore": "store",
+    "jpeg_passthrough": "stored", "reduced_read": "stored",
+    "TileResult": "tiler", "tile_slide": "tiler", "tissue_polygons": "tiler",
+    "tissue_mask": "overview",
+    "TissueConfig": "tissue", "mask_to_polygons": "tissue", "pen_mask": "tissue", "segment_tissue": "tissue",
+    "roi_from_file": "regions", "write_tissue_geojson": "regions",
+}
 
 
 def __getattr__(name: str):
-    # ROI files and QuPath export pull in the annotation and GeoJSON readers; plain tiling does not need them
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "JpegTileCodec",

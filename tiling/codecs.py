@@ -7,8 +7,9 @@ slidestream's direct reader uses), so ``patches[i]`` is the same uint8 ``(S, S, 
 slide gives. Writing pixels through Zarr encodes them as JPEG (lossy, ``level`` quality); the tiler does not do
 that, it writes the stored bytes (see :meth:`slidestream.tiling.store.SlideStore.write_jpeg_shard`).
 
-The codec is registered with Zarr under :data:`CODEC_NAME` when this module is imported (importing
-:mod:`slidestream.tiling` does it). Zarr readers without slidestream need the same registration.
+The codec is registered with Zarr under :data:`CODEC_NAME` when this module is imported (opening a store through
+:mod:`slidestream.tiling.store` does it), and for any Zarr reader through the ``zarr.codecs`` entry point that an
+installed slidestream declares.
 """
 
 from __future__ import annotations
@@ -30,34 +31,6 @@ if TYPE_CHECKING:
     from zarr.core.buffer import Buffer, NDBuffer
 
 CODEC_NAME = "slidestream.jpeg"
-
-_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
-
-
-def merge_jpeg_tables(tile: bytes, tables: bytes | None) -> bytes:
-    """One self-contained JPEG stream from a TIFF tile and the page's shared ``JPEGTables``.
-
-    TIFF JPEG tiles may be "abbreviated" streams whose quantisation and Huffman tables live once in the page's
-    JPEGTables tag (itself a stream of only tables: SOI, DQT/DHT, EOI). Putting the tables' segments right after
-    the tile's SOI gives a stream any JPEG decoder reads.
-
-    Parameters
-    ----------
-    tile : bytes
-        The tile's bytes as stored, starting with SOI.
-    tables : bytes or None
-        The JPEGTables tag, or None when the tiles carry their own tables.
-
-    Returns
-    -------
-    bytes
-    """
-    if not tables:
-        return tile
-    if tile[:2] != _SOI or tables[:2] != _SOI or tables[-2:] != _EOI:
-        raise ValueError("not a JPEG tile / JPEGTables pair (missing SOI or EOI markers)")
-    return tables[:-2] + tile[2:]
-
 
 @dataclass(frozen=True)
 class JpegTileCodec(ArrayBytesCodec):

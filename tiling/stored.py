@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import imagecodecs
 import numpy as np
@@ -35,11 +36,12 @@ import tifffile
 from PIL import Image
 from tifffile.tifffile import jpeg_decode_colorspace
 
-from ..wsi.direct import DirectTiffReader, DirectUnsupported, TileCache
+from ..wsi.direct import DirectTiffReader, DirectUnsupported, TileCache, merge_jpeg_tables
 from ..wsi.slide import Slide
-from .codecs import merge_jpeg_tables
 from .grid import ReadPlan
-from .store import JpegTiles
+
+if TYPE_CHECKING:  # the store module imports Zarr: not needed to read tiles (or by the tissue overview)
+    from .store import JpegTiles
 
 #: Bound of the reduced-tile cache of one :class:`ReducedTileReader` (bytes).
 REDUCED_CACHE_BYTES = 96 << 20
@@ -106,6 +108,8 @@ def jpeg_passthrough(slide: Slide, plan: ReadPlan, coords: np.ndarray) -> JpegTi
             page = tf.pages[level.page]
             colorspace, outcolorspace = jpeg_decode_colorspace(page.photometric, page.planarconfig,
                                                                page.extrasamples, page.is_jfif)
+    from .store import JpegTiles
+
     return JpegTiles(level=plan.level, colorspace=_json_value(colorspace), outcolorspace=_json_value(outcolorspace))
 
 

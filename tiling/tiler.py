@@ -34,14 +34,14 @@ from dask.callbacks import Callback
 from PIL import Image
 
 from ..errors import StoreError
-from ..wsi.direct import DirectTiffReader
+from ..wsi.direct import DirectTiffReader, merge_jpeg_tables
 from ..wsi.slide import Slide, open_slide, slide_id_from_path
-from .codecs import merge_jpeg_tables
 from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
 from .qc import QC_FLAG_DOC, QC_MEASURE, QCConfig, luma_stats, qc_flags, tile_stats
 from .store import DEFAULT_CHUNK_TILES, JPEG_CHUNK_TILES, JpegTiles, SlideStore, identity_dict, identity_of
-from .stored import ReducedRead, ReducedTileReader, dct_reduced_level, jpeg_passthrough, reduced_read
-from .tissue import TissueConfig, mask_to_polygons, segment_tissue
+from .overview import EarlyTissue, tissue_mask
+from .stored import ReducedRead, ReducedTileReader, jpeg_passthrough, reduced_read
+from .tissue import TissueConfig, mask_to_polygons
 
 Progress = Callable[[int, int], None]
 _GREY = imagecodecs.JPEG8.CS.GRAYSCALE
@@ -89,58 +89,6 @@ def patch_reader(slide: Slide, plan: ReadPlan, coords: np.ndarray) -> Callable[[
     if spec is None:
         return functools.partial(read_tile, slide, plan=plan)
     return ReducedTileReader(slide.path, slide.level_dimensions, spec).read
-
-
-# Largest pyramid level read whole for the tissue overview (pixels); beyond it Slide.thumbnail reads in bands.
-_OVERVIEW_MAX_PIXELS = 64_000_000
-
-
-def overview(slide: Slide, max_size: int) -> np.ndarray:
-    """Whole-slide image no larger than ``max_size`` on its longer side, for tissue segmentation.
-
-    Where the coarsest pyramid level at least that large is stored as YCbCr JPEG, the decoder reduces it by
-    ``M/8`` (:func:`~slidestream.tiling.stored.dct_reduced_level`): the result is then between two thirds of
-    ``max_size`` and ``max_size``, in a tenth of the time of the exact path. Otherwise that level is read in one
-    piece and area-averaged with PIL to exactly ``max_size`` (a few tens of ms where :meth:`Slide.thumbnail`'s
-    banded numpy averaging takes most of a second); levels above :data:`_OVERVIEW_MAX_PIXELS` (slides without
-    a usable pyramid) go through :meth:`Slide.thumbnail`.
-
-    Returns
-    -------
-    (h, w, 3) uint8 array, aspect ratio kept; ``max(h, w) == min(max_size, max(level-0 w, h))`` on the exact
-    path. Callers take the downsample from its shape.
-    """
-    level, (out_w, out_h) = slide.overview_level(max_size)
-    lw, lh = slide.level_dimensions[level]
-    if (lw, lh) != (out_w, out_h):
-        small = dct_reduced_level(slide, level, max_size)
-        if small is not None:
-            return small
-    if lw * lh > _OVERVIEW_MAX_PIXELS:
-        return slide.thumbnail(max_size)
-    region = slide.read_region((0, 0), level, (lw, lh))
-    if (lw, lh) == (out_w, out_h):
-        return region
-    return np.asarray(Image.fromarray(region).resize((out_w, out_h), Image.Resampling.BOX))
-
-
-def tissue_mask(slide: Slide, params: TilingParams, config: TissueConfig | None = None):
-    """Tissue mask on an overview of the slide at about ``config.working_mpp`` (at most
-    ``params.thumbnail_size`` px on the longer side).
-
-    Returns
-    -------
-    mask : (h, w) bool array
-    downsample : (float, float)
-        Level-0 pixels per mask pixel along x and y.
-    """
-    config = config or TissueConfig()
-    w0, h0 = slide.dimensions
-    size = int(np.ceil(max(w0, h0) * slide.mpp / config.working_mpp))
-    thumb = overview(slide, int(np.clip(size, 64, params.thumbnail_size)))
-    ds = (w0 / thumb.shape[1], h0 / thumb.shape[0])
-    mask = segment_tissue(thumb, mpp=slide.mpp * (ds[0] + ds[1]) / 2, config=config)
-    return mask, ds
 
 
 def _slide_attrs(slide: Slide, slide_path: Path) -> dict:
@@ -571,6 +519,7 @@ def tile_slide(
     progress: Progress | None = None,
     passthrough: bool = True,
     processes: bool | None = None,
+    tissue: EarlyTissue | None = None,
 ) -> TileResult:
     """Tile one slide into ``<out_dir>/<slide_id>.zarr``.
 
@@ -617,6 +566,10 @@ def tile_slide(
         pixels. Which one was used is ``store.patch_encoding``.
     processes : bool, optional
         Force local workers to be processes (True) or threads (False); see :func:`run_graph`.
+    tissue : EarlyTissue, optional
+        The slide's tissue mask, already being computed by a helper process
+        (:func:`~slidestream.tiling.overview.start_tissue_mask`); used when it was made for this slide and these
+        parameters, else segmented here.
     """
     t0 = time.perf_counter()
     params = params or TilingParams()
@@ -643,7 +596,10 @@ def tile_slide(
             _check_resumable(store, slide_attrs, tiling, save_patches)
             action = "resumed"
         if store is None:
-            mask, ds = tissue_mask(slide, params, tissue_config)
+            early = None
+            if tissue is not None and tissue.matches(slide_path, params, mpp, tissue_config):
+                early = tissue.result()
+            mask, ds = early if early is not None else tissue_mask(slide, params, tissue_config)
             coords = grid_coords(slide.dimensions, plan)
             frac = tissue_fractions(coords, plan.extent0, mask, ds)
             keep = frac >= params.min_tissue if params.min_tissue > 0 else frac > 0

@@ -601,3 +601,31 @@ def with_direct_reader(
         if direct is True:
             raise
         return backend
+
+
+_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def merge_jpeg_tables(tile: bytes, tables: bytes | None) -> bytes:
+    """One self-contained JPEG stream from a TIFF tile and the page's shared ``JPEGTables``.
+
+    TIFF JPEG tiles may be "abbreviated" streams whose quantisation and Huffman tables live once in the page's
+    JPEGTables tag (itself a stream of only tables: SOI, DQT/DHT, EOI). Putting the tables' segments right after
+    the tile's SOI gives a stream any JPEG decoder reads.
+
+    Parameters
+    ----------
+    tile : bytes
+        The tile's bytes as stored, starting with SOI.
+    tables : bytes or None
+        The JPEGTables tag, or None when the tiles carry their own tables.
+
+    Returns
+    -------
+    bytes
+    """
+    if not tables:
+        return tile
+    if tile[:2] != _SOI or tables[:2] != _SOI or tables[-2:] != _EOI:
+        raise ValueError("not a JPEG tile / JPEGTables pair (missing SOI or EOI markers)")
+    return tables[:-2] + tile[2:]
