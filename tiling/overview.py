@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..wsi.slide import Slide, open_slide
 from .grid import TilingParams
+from .local import local_processes_available, local_workers
 from .stored import dct_reduced_level
 from .tissue import TissueConfig, segment_tissue
 
@@ -130,11 +131,7 @@ def start_tissue_mask(slide_path, params: TilingParams, *, mpp: float | None = N
                       config: TissueConfig | None = None, workers: int | None = None) -> EarlyTissue | None:
     """Start segmenting a slide in a forked helper (:class:`EarlyTissue`), or None where that would not gain
     time: fewer than two usable cores or workers, or no ``fork`` (only Linux forks here)."""
-    import multiprocessing
-    import sys
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if (cores < 2 or (workers or cores) < 2 or not sys.platform.startswith("linux")
-            or multiprocessing.current_process().daemon):
+    if cores < 2 or local_workers(workers) < 2 or not local_processes_available():
         return None
     return EarlyTissue(slide_path, params, mpp, config)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -37,6 +36,7 @@ from ..errors import StoreError
 from ..wsi.direct import DirectTiffReader, merge_jpeg_tables
 from ..wsi.slide import Slide, open_slide, slide_id_from_path
 from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
+from .local import local_processes_available, local_workers
 from .qc import QC_FLAG_DOC, QC_MEASURE, QCConfig, luma_stats, qc_flags, tile_stats
 from .store import DEFAULT_CHUNK_TILES, JPEG_CHUNK_TILES, JpegTiles, SlideStore, identity_dict, identity_of
 from .overview import EarlyTissue, tissue_mask
@@ -400,20 +400,6 @@ def task_key(slide_id: str, rank: int, n: int, chunk: int | str) -> str:
     """Dask key of a chunk's task. Dask's local schedulers start independent tasks in reverse order of their keys
     (``tests/test_tiling_dask.py`` checks it), so a fixed-width, falling number makes ``rank`` the start order."""
     return f"tile-{slide_id}-{n - rank:08d}-{chunk}"
-
-
-def local_workers(workers: int | None) -> int:
-    """How many local workers ``workers`` means (None: one per CPU core)."""
-    return max(1, workers or os.cpu_count() or 1)
-
-
-def local_processes_available() -> bool:
-    """Whether local workers can be forked processes (Linux): they start in milliseconds with everything imported."""
-    import multiprocessing
-
-    # a daemonic process (a dask.distributed worker by default) may not have children
-    return (sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
-            and not multiprocessing.current_process().daemon)
 
 
 def run_graph(graph: Mapping[str, tuple], keys: list[str], *, scheduler: str | None = None,
