@@ -8,7 +8,7 @@ The per-slide Zarr store written by :mod:`slidestream.tiling` is the one data co
 """
 
 # The one place the version is written (pyproject.toml reads it from here). A literal rather than an
-# importlib.metadata lookup: that import alone costs every `slidestream` command ~20 ms of start-up.
+# importlib.metadata lookup, whose import every `slidestream` command would pay at start-up.
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from slidestream.wsi.synth import SynthConfig, write_synthetic_slide
+from slidestream.synth import SynthConfig, write_synthetic_slide
 
 
 def synthetic_slide(cache: Path, width: int, height: int) -> Path:

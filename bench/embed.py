@@ -19,7 +19,7 @@ the share of the pipeline's wall time spent inside the encoder's forward (``fwd 
 1 - fwd share is what the runner adds around the model, a figure that other load on a shared machine barely moves.
 On a busy shared machine the wall-clock ratios swing by tens of percent from run to run; ``fwd share`` does not.
 
-The store comes from a synthetic Aperio-style slide (:func:`slidestream.wsi.synth.write_synthetic_slide`) tiled at
+The store comes from a synthetic Aperio-style slide (:func:`slidestream.synth.write_synthetic_slide`) tiled at
 0.5 µm/px, 224 px; when the slide has fewer tissue tiles than ``--tiles``, its tiles are cycled to fill the store.
 Models are random-init (no downloads): speed does not depend on the weights.
 
@@ -52,9 +52,9 @@ from slidestream.errors import StoreError
 from slidestream.models import create_encoder
 from slidestream.models.embed import embed_store
 from slidestream.tiling.grid import TilingParams
-from slidestream.tiling.store import SlideStore
+from slidestream.store import SlideStore
 from slidestream.tiling.tiler import tile_slide
-from slidestream.wsi.synth import SynthConfig, write_synthetic_slide
+from slidestream.synth import SynthConfig, write_synthetic_slide
 
 
 def make_store(work: Path, n_tiles: int, chunk_tiles: int, slide_size: int) -> tuple[SlideStore, int]:

@@ -1,7 +1,7 @@
 """Benchmark: a 100k-tile QuPath heatmap, built and written as .geojson and .geojson.gz.
 
 Target (issue 7): ≤ 10 s to build and write, ≤ 15 MB gzipped. Prints one line per gzip level so the default
-level of :func:`slidestream.wsi.qupath.write_geojson` can be chosen by measurement.
+level of :func:`slidestream.annotations.write_geojson` can be chosen by measurement.
 
 Measured on the shared 2-core dev box (100k tiles of 256 px, 2 measurements, 2 % NaN; load ~3, so ±50 %):
 build 1.4 s; plain 28.7 MB in 0.6–1.1 s; gzip -1 5.71 MB / 0.8–1.4 s, -3 5.63 MB / 0.9 s, -6 4.91 MB / 1.1–1.5 s,
@@ -26,7 +26,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from slidestream.wsi.qupath import tile_features, write_geojson
+from slidestream.annotations import tile_features, write_geojson
 
 
 def _grid(n_tiles: int, tile_size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -75,14 +75,14 @@ def main() -> None:
                   f"size={os.path.getsize(gz) / 1e6:.2f} MB")
 
         if args.check:
-            from slidestream.wsi.qupath import check_qupath_feature
+            from slidestream.annotations import check_qupath_feature
 
             t0 = time.perf_counter()
             bad = sum(1 for f in feats if check_qupath_feature(f))
             print(f"check_qupath_feature on all tiles: {time.perf_counter() - t0:.2f}s, {bad} with violations")
 
         if args.read:
-            from slidestream.wsi.annotations import read_annotations
+            from slidestream.annotations import read_annotations
 
             t0 = time.perf_counter()
             anns = read_annotations(gz)

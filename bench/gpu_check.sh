@@ -86,7 +86,7 @@ for name in ("zarr", "dask", "shapely", "imagecodecs", "tifffile", "timm", "h5py
         print(f"  {name:<12} MISSING ({exc})")
         if name not in ("openslide", "tiffslide", "torchstain"):
             raise
-import slidestream.models.embed, slidestream.models.export, slidestream.wsi.synth  # noqa: E401
+import slidestream.models.embed, slidestream.models.export, slidestream.synth  # noqa: E401
 print("  slidestream imports OK")
 EOF
 

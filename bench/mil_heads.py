@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 from shapely.geometry import box
 
-from slidestream.batch import collect_inputs
+from slidestream.pipeline.inputs import collect_inputs
 from slidestream.mil import TrainConfig, cross_validate, list_heads, predict
-from slidestream.pipeline import embed_batch, feature_standardizer, load_bag, store_paths, tile_batch
+from slidestream.mil.standardize import fit_feature_norm
+from slidestream.pipeline import embed_batch, load_bag, store_paths, tile_batch
 from slidestream.tiling.grid import TilingParams
-from slidestream.wsi.annotations import read_annotations, tumor_geometry
-from slidestream.wsi.synth import SynthConfig, write_synthetic_dataset
+from slidestream.annotations import read_annotations, tumor_geometry
+from slidestream.synth import SynthConfig, write_synthetic_dataset
 
 
 def build(out: Path, n_slides: int, seed: int):
@@ -73,7 +74,7 @@ def main() -> None:
     bags, ann = build(args.out, args.slides, args.seed)
     t_data = time.perf_counter() - t0
     y = np.array([b.label for b in bags])
-    norm = feature_standardizer(bags)
+    norm = fit_feature_norm([b.features for b in bags])
     x = [norm.apply(b.features) for b in bags]
     print(f"data: {len(bags)} slides ({y.sum()} tumour), {sum(len(b.features) for b in bags)} tiles, "
           f"{t_data:.0f} s (synthesise + tile + embed)")

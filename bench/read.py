@@ -6,7 +6,7 @@ rates drift on shared machines. Rates are given per second of CPU time of the pr
 load) and per second of wall time.
 
 Slide: ``--slide PATH``, or a synthetic Aperio-style SVS (default 60000x45000 at 0.25 µm/px, 256 px JPEG q70
-tiles, 4x pyramid) written once into ``--cache-dir`` by :func:`slidestream.wsi.synth.write_synthetic_slide`.
+tiles, 4x pyramid) written once into ``--cache-dir`` by :func:`slidestream.synth.write_synthetic_slide`.
 
 What is timed:
 
@@ -62,7 +62,8 @@ from slidestream.tiling.grid import (
     tissue_fractions,
 )
 from slidestream.tiling.overview import tissue_mask
-from slidestream.tiling.tiler import read_tile, resize_patch, tile_slide
+from slidestream.tiling.reads import read_tile, resize_patch
+from slidestream.tiling.tiler import tile_slide
 from slidestream.wsi.direct import DirectTiffReader
 from slidestream.wsi.slide import open_slide
 from _slides import synthetic_slide  # noqa: E402  (bench/ is on sys.path when run as a script)

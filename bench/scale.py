@@ -78,7 +78,7 @@ class Cluster:
 
 
 def make_batch(cache: Path, n: int, size: int) -> Path:
-    from slidestream.wsi.synth import SynthConfig, write_synthetic_slide
+    from slidestream.synth import SynthConfig, write_synthetic_slide
 
     folder = cache / f"scale-{n}x{size}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def make_batch(cache: Path, n: int, size: int) -> Path:
 
 
 def same_stores(a: Path, b: Path) -> bool:
-    from slidestream.tiling.store import SlideStore
+    from slidestream.store import SlideStore
 
     names = sorted(p.name for p in a.glob("*.zarr"))
     if names != sorted(p.name for p in b.glob("*.zarr")):
@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from slidestream.batch import collect_inputs
+    from slidestream.pipeline.inputs import collect_inputs
     from slidestream.pipeline import tile_batch
     from slidestream.tiling.grid import TilingParams
 

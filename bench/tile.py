@@ -7,7 +7,7 @@ accounting of the child (``os.wait4``) and its peak memory from ``ru_maxrss``. R
 time (insensitive to other load on the machine) and per second of wall time.
 
 Slide: ``--slide PATH``, or a synthetic Aperio-style SVS (default 60000x45000 at 0.25 µm/px, 256 px JPEG q70
-tiles, 4x pyramid) written once into ``--cache-dir`` by :func:`slidestream.wsi.synth.write_synthetic_slide`
+tiles, 4x pyramid) written once into ``--cache-dir`` by :func:`slidestream.synth.write_synthetic_slide`
 (the same file ``bench/read.py`` uses).
 
 What is measured, and the targets of issue 3:
@@ -55,11 +55,12 @@ import numpy as np
 import openslide
 import tifffile
 from slidestream.tiling.grid import TilingParams, plan_reads
-from slidestream.tiling.store import SlideStore
-from slidestream.tiling.stored import ReducedTileReader, reduced_read
-from slidestream.tiling.tiler import read_tile, tile_slide
+from slidestream.store import SlideStore
+from slidestream.tiling.jpeg_fastpath import ReducedTileReader, reduced_read
+from slidestream.tiling.reads import read_tile
+from slidestream.tiling.tiler import tile_slide
 from slidestream.wsi.direct import DirectTiffReader, merge_jpeg_tables
-from slidestream.wsi.slide import open_slide, slide_id_from_path
+from slidestream.wsi import open_slide, slide_id_from_path
 from _slides import synthetic_slide  # noqa: E402  (bench/ is on sys.path when run as a script)
 from tifffile.tifffile import jpeg_decode_colorspace
 

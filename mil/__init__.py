@@ -2,15 +2,14 @@
 
 A bag is the ``(N, D)`` float32 feature matrix of one slide. This package trains heads on bags
 (:func:`train_head`, :func:`cross_validate`), predicts slide probabilities and per-tile scores
-(:func:`predict`, :func:`predict_ensemble`), calibrates (:func:`fit_temperature`), evaluates
-(:func:`binary_metrics`, :func:`metrics_by_group`) and saves safetensors checkpoints
-(:func:`save_checkpoint`, :func:`load_checkpoint`). It never reads slides itself.
+(:func:`predict`, :func:`predict_ensemble`), calibrates (:func:`fit_temperature`) and saves safetensors checkpoints
+(:func:`save_checkpoint`, :func:`load_checkpoint`). The heads are in :mod:`slidestream.mil.heads`, one file per
+family. It never reads slides or stores itself; metrics are in :mod:`slidestream.evaluation`.
 """
 
 from .calibration import apply_temperature, fit_temperature
 from .checkpoint import load_checkpoint, save_checkpoint
 from .heads import MILEnsemble, MILHead, MILOutput, get_head, list_heads, register_head
-from .metrics import binary_metrics, metrics_by_group, plot_reliability, plot_roc, roc_auc
 from .splits import Splits, read_splits, stratified_kfold
 from .train import (
     CVResult,
@@ -45,9 +44,4 @@ __all__ = [
     "apply_temperature",
     "save_checkpoint",
     "load_checkpoint",
-    "roc_auc",
-    "binary_metrics",
-    "metrics_by_group",
-    "plot_roc",
-    "plot_reliability",
 ]

@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +30,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import CheckpointError, ConfigError
+from ..fileio import atomic_write
 from .heads import MILEnsemble, MILHead, get_head
 
 if TYPE_CHECKING:
     from .train import TrainConfig
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "WEIGHTS_NAME", "CONFIG_NAME"]
+__all__ = ["save_checkpoint", "load_checkpoint", "WEIGHTS_NAME", "CONFIG_NAME"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -47,27 +47,6 @@ _CONVERT_HINT = (
     "load it yourself only if you trust its origin, then re-save the head with "
     "slidestream.mil.checkpoint.save_checkpoint (safetensors + config.json)"
 )
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
-
-    Readers never see a partial file; the parent directory is created if needed. Returns the path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Leave no temporary behind, whatever interrupted the write.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _checkpoint_dir(path: str | os.PathLike) -> Path:
@@ -141,8 +120,8 @@ def save_checkpoint(path: str | os.PathLike, model: MILHead | MILEnsemble | list
         raise ConfigError(
             f"checkpoint config/meta must be JSON-serialisable (finite numbers, str, lists, dicts): {exc}"
         ) from exc
-    atomic_write_bytes(directory / WEIGHTS_NAME, weights)
-    atomic_write_bytes(directory / CONFIG_NAME, (text + "\n").encode())
+    atomic_write(directory / WEIGHTS_NAME, weights, fsync=True)
+    atomic_write(directory / CONFIG_NAME, text + "\n", fsync=True)
     return directory
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .checkpoint import atomic_write_bytes
+from ..fileio import atomic_write
 
 __all__ = ["Splits", "stratified_kfold", "read_splits"]
 
@@ -78,7 +78,7 @@ class Splits:
                 {"id": i, "label": int(y), "fold": int(f)} for i, y, f in zip(self.ids, self.labels, self.fold)
             ],
         }
-        return atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
+        return atomic_write(path, json.dumps(doc, indent=1) + "\n")
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write columns ``id,label,fold`` atomically; return the path. ``k`` and ``seed`` go in JSON only."""
@@ -87,7 +87,7 @@ class Splits:
         writer.writerow(["id", "label", "fold"])
         for i, y, f in zip(self.ids, self.labels, self.fold):
             writer.writerow([i, int(y), int(f)])
-        return atomic_write_bytes(path, buf.getvalue().encode())
+        return atomic_write(path, buf.getvalue())
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write as JSON or CSV according to the suffix of ``path``."""

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .heads import MILEnsemble, MILHead, get_head, list_heads
-from .metrics import binary_metrics, multiclass_metrics
+from ..evaluation.metrics import binary_metrics, multiclass_metrics
 from .splits import Splits, stratified_kfold
 
 __all__ = [

@@ -9,14 +9,31 @@ and a weight-free handcrafted baseline (:mod:`.handcrafted`)::
     feats = enc(tiles_uint8_bhwc)                         # (B, 1536) float32
 """
 
-from .encoder import Encoder, create_encoder, pool_features
-from .handcrafted import FEATURE_NAMES as HANDCRAFTED_FEATURE_NAMES
-from .handcrafted import HandcraftedEncoder, handcrafted_features
-from .registry import EncoderPreset, get_preset, list_encoders, list_encoders_table, register_encoder
-from .weights import RandomWeightsWarning, load_state_dict_file
+import importlib
+
+# The registry and the built-in presets are plain data: importing them (``slidestream encoders``) loads no torch.
+from . import presets  # noqa: F401  (registers the built-in presets, as timm's models/__init__ does)
+from .registry import (BACKEND_TRAITS, BackendTraits, EncoderPreset, get_preset, list_encoders, list_encoders_table,
+                       register_encoder)
+
+# What needs torch is loaded on first use (PEP 562).
+_WHERE = {
+    "Encoder": "encoder", "create_encoder": "encoder", "pool_features": "encoder",
+    "HANDCRAFTED_FEATURE_NAMES": "handcrafted", "HandcraftedEncoder": "handcrafted",
+    "handcrafted_features": "handcrafted",
+    "RandomWeightsWarning": "weights", "load_state_dict_file": "weights",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        module = importlib.import_module(f".{_WHERE[name]}", __name__)
+        return getattr(module, "FEATURE_NAMES" if name == "HANDCRAFTED_FEATURE_NAMES" else name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
-    "Encoder", "EncoderPreset", "HANDCRAFTED_FEATURE_NAMES", "HandcraftedEncoder", "RandomWeightsWarning",
-    "create_encoder", "get_preset", "handcrafted_features", "list_encoders", "list_encoders_table",
-    "load_state_dict_file", "pool_features", "register_encoder",
+    "BACKEND_TRAITS", "BackendTraits", "Encoder", "EncoderPreset", "HANDCRAFTED_FEATURE_NAMES", "HandcraftedEncoder",
+    "RandomWeightsWarning", "create_encoder", "get_preset", "handcrafted_features", "list_encoders",
+    "list_encoders_table", "load_state_dict_file", "pool_features", "register_encoder",
 ]

@@ -1,7 +1,7 @@
 """The embedding runner: patches from a slide store (or straight from the slide) → ``features/<encoder>``.
 
-Work goes chunk by chunk of the store so every write is a whole Zarr chunk (partial-chunk writes are ~28x slower,
-shared/docs/perf-baselines.md) and every finished chunk is marked done, which makes the run resumable: a rerun
+Work goes chunk by chunk of the store so every write is a whole Zarr chunk (partial-chunk writes are many times slower;
+``bench/embed.py`` measures it) and every finished chunk is marked done, which makes the run resumable: a rerun
 embeds only the chunks not marked done and, because a chunk is always embedded as the same batches, gives the
 same numbers as an uninterrupted run.
 
@@ -15,7 +15,7 @@ Three stages overlap so the encoder never waits on I/O:
 
 Precision: ``amp_dtype=None`` keeps the encoder's own compute dtype (the preset's bf16/fp16 recommendation on
 CUDA, float32 on CPU, where results must match the fp32 reference). An explicit ``amp_dtype`` is honoured on
-every device, CPU included (bf16 on CPUs with AMX runs ViTs ~3.5x faster). The dtype used is recorded in the
+every device, CPU included (bf16 on CPUs with AMX runs ViTs several times faster). The dtype used is recorded in the
 feature attributes, so features of different precision are never mixed in one array.
 """
 
@@ -34,8 +34,8 @@ import torch
 
 from ..errors import ConfigError
 from ..tiling.grid import ReadPlan
-from ..tiling.store import SlideStore
-from ..tiling.tiler import patch_reader
+from ..store import SlideStore
+from ..tiling.reads import patch_reader
 from ..wsi.slide import open_slide
 
 __all__ = ["EmbedResult", "embed_store", "feature_attrs"]
@@ -92,8 +92,8 @@ def feature_attrs(encoder, *, dtype: torch.dtype | None = None, stain: dict | No
     p = encoder.preset
     if dtype is None:
         dtype = getattr(encoder, "compute_dtype", torch.float32)
-    if p.backend == "handcrafted":
-        dtype = torch.float32  # the handcrafted statistics never autocast
+    if p.traits.raw_input:
+        dtype = torch.float32  # raw-input encoders (the handcrafted statistics) never autocast
     return {
         "encoder": p.name,
         "timm_name": p.timm_name,

@@ -115,7 +115,7 @@ class Encoder(nn.Module):
         self.random_init = random_init
         self.embed_dim = preset.embed_dim
         self.compute_dtype = compute_dtype
-        self.channels_last = preset.backend != "handcrafted" and _is_cnn(backbone)
+        self.channels_last = not preset.traits.raw_input and _is_cnn(backbone)
         self.num_prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 1))
         mean = torch.tensor(preset.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(preset.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -181,7 +181,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """uint8 ``(B, H, W, 3)`` tiles on the encoder's device → float32 embeddings ``(B, embed_dim)``."""
-        if self.preset.backend == "handcrafted":
+        if self.preset.traits.raw_input:
             self._check_input(x)
             return self.backbone(x)
         z = self.preprocess(x)
@@ -238,9 +238,9 @@ def create_encoder(name: str | EncoderPreset, *, weights: str | os.PathLike = "h
         raise ConfigError(f"device {device!r} is not a torch device ({exc})") from exc
     compute_dtype = resolve_dtype(dtype, preset, dev)
     is_none = isinstance(weights, str) and weights == "none"
-    if dev.type == "meta" and not is_none and preset.backend != "handcrafted":
+    if dev.type == "meta" and not is_none and preset.traits.has_weights:
         raise ConfigError("the meta device holds no data: use weights='none' with device='meta'")
-    if is_none and preset.backend != "handcrafted":
+    if is_none and preset.traits.has_weights:
         # random init straight on the target device: no CPU copy of a billion parameters
         with torch.device(dev):
             backbone, source, random_init = build_backbone(preset, weights, trust_remote_code=trust_remote_code)

@@ -31,7 +31,7 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError
-from ..tiling.store import SlideStore
+from ..store import SlideStore
 
 __all__ = ["FORMATS", "export_features"]
 

@@ -1,4 +1,7 @@
-"""One registry of named encoder presets.
+"""One registry of named encoder presets, as timm's model registry: it holds the presets and imports none of them.
+
+The built-in presets are in :mod:`slidestream.models.presets`, which :mod:`slidestream.models` imports; a user
+registers more with :func:`register_encoder`.
 
 A preset carries everything needed to build an encoder and feed it: the timm architecture and its creation
 kwargs, where the weights live, the input size, the normalisation, how tokens are pooled into one embedding,
@@ -24,6 +27,33 @@ from ..errors import ConfigError
 POOLINGS = ("cls", "cls+mean", "mean", "avg", "head", "none")
 DTYPES = ("bfloat16", "float16", "float32")
 BACKENDS = ("timm", "transformers", "handcrafted")
+
+
+@dataclass(frozen=True)
+class BackendTraits:
+    """What a backend's encoders need and accept; code asks these instead of comparing backend names.
+
+    Attributes
+    ----------
+    has_architecture : bool
+        Built from a timm architecture (``timm_name`` required; random init and local state dicts possible).
+    has_weights : bool
+        Has learned weights (hub, file or random); False for weight-free encoders.
+    raw_input : bool
+        The backbone takes the uint8 ``(B, H, W, 3)`` tiles as they are: no resize, normalisation, autocast or
+        channels-last layout.
+    """
+
+    has_architecture: bool
+    has_weights: bool
+    raw_input: bool
+
+
+BACKEND_TRAITS: Mapping[str, BackendTraits] = {
+    "timm": BackendTraits(has_architecture=True, has_weights=True, raw_input=False),
+    "transformers": BackendTraits(has_architecture=True, has_weights=True, raw_input=False),
+    "handcrafted": BackendTraits(has_architecture=False, has_weights=False, raw_input=True),
+}
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,7 +133,7 @@ class EncoderPreset:
             raise ConfigError(f"preset {self.name!r}: dtype {self.dtype!r} is not one of {DTYPES}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"preset {self.name!r}: backend {self.backend!r} is not one of {BACKENDS}")
-        if self.backend != "handcrafted" and not self.timm_name:
+        if self.traits.has_architecture and not self.timm_name:
             raise ConfigError(f"preset {self.name!r}: timm_name is required for backend {self.backend!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"preset {self.name!r}: mean/std need 3 values each, std > 0")
@@ -114,6 +144,11 @@ class EncoderPreset:
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "kwargs", dict(self.kwargs))
         object.__setattr__(self, "drop_modules", tuple(self.drop_modules))
+
+    @property
+    def traits(self) -> BackendTraits:
+        """What this preset's backend needs and accepts."""
+        return BACKEND_TRAITS[self.backend]
 
     @property
     def hub_repo(self) -> str | None:
@@ -133,24 +168,11 @@ class EncoderPreset:
 
 _REGISTRY: dict[str, EncoderPreset] = {}
 _LOCK = threading.Lock()
-_BUILTINS_LOCK = threading.Lock()  # separate from _LOCK: importing the presets registers them under _LOCK
-_BUILTINS_LOADED = False
 
 
 def _key(name: str) -> str:
     # "UNI2_h", "uni2-h" and "Uni2-H" name the same preset; timm names are matched separately, verbatim
     return name.strip().lower().replace("_", "-")
-
-
-def _ensure_builtins() -> None:
-    global _BUILTINS_LOADED
-    if _BUILTINS_LOADED:
-        return
-    with _BUILTINS_LOCK:
-        if not _BUILTINS_LOADED:
-            from . import presets  # noqa: F401  (registers the built-in presets on import)
-
-            _BUILTINS_LOADED = True
 
 
 def register_encoder(preset: EncoderPreset | Callable[[], EncoderPreset], *, overwrite: bool = False):
@@ -187,7 +209,6 @@ def register_encoder(preset: EncoderPreset | Callable[[], EncoderPreset], *, ove
 
 def list_encoders() -> list[str]:
     """Names of the registered presets, sorted (plain timm names are accepted too but not listed)."""
-    _ensure_builtins()
     return sorted(p.name for p in _REGISTRY.values())
 
 
@@ -200,7 +221,6 @@ def list_encoders_table() -> list[dict[str, Any]]:
         Keys ``name, hub_id, embed_dim, input_size, mean, std, pooling, dtype, license, gated, mpp, backend,
         description``; values are JSON-serialisable.
     """
-    _ensure_builtins()
     rows = []
     for name in list_encoders():
         p = _REGISTRY[_key(name)]
@@ -233,7 +253,6 @@ def get_preset(name: str) -> EncoderPreset:
     """
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"encoder name must be a non-empty string, got {name!r}")
-    _ensure_builtins()
     preset = _REGISTRY.get(_key(name))
     if preset is not None:
         return preset

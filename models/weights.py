@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .handcrafted import HandcraftedEncoder
 from .registry import EncoderPreset
 
 __all__ = [
@@ -403,9 +404,7 @@ def build_backbone(preset: EncoderPreset, weights: str | os.PathLike = "hub", *,
     ConfigError
         ``weights`` is not "hub", "none" or a path.
     """
-    if preset.backend == "handcrafted":
-        from .handcrafted import HandcraftedEncoder
-
+    if not preset.traits.has_weights:
         if weights not in ("hub", "none"):
             raise ConfigError(f"{preset.name}: the handcrafted encoder has no weights; drop weights={weights!r}")
         return HandcraftedEncoder().eval(), "none (weight-free)", False

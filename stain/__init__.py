@@ -18,7 +18,7 @@ from .base import StainEstimationError, StainNormalizer
 from .macenko import MacenkoConfig, MacenkoNormalizer
 from .matrix import DEFAULT_HE_REFERENCE, render_stains, stain_concentrations
 from .params import LabStats, StainMatrixParams
-from .registry import available_methods, from_dict, get_normalizer
+from .registry import available_methods, from_dict, get_normalizer, register_method
 from .reinhard import DEFAULT_LAB_REFERENCE, ReinhardConfig, ReinhardNormalizer
 from .vahadane import VahadaneConfig, VahadaneNormalizer
 
@@ -39,6 +39,7 @@ __all__ = [
     "available_methods",
     "from_dict",
     "get_normalizer",
+    "register_method",
     "render_stains",
     "stain_concentrations",
 ]

@@ -14,7 +14,7 @@ Two implementations share these semantics and agree within one grey level (float
   is a product of exponentials, ``out_c + 1 = prod_k T[k, I_k, c]`` with ``T[k, v, c] = (v + 1) ** A[k, c]`` (and
   ``exp(b_c)`` folded into ``k = 0``): three ``(256, 3)`` tables replace every log and exp, so a pixel costs nine
   L1-resident loads and six multiplies: about twice the best pure-numpy version (log, 3x3 matmul, exp in
-  cache-sized blocks), which peaked at ~2,900 tiles/s on one core in ``bench/stain.py``.
+  cache-sized blocks); ``bench/stain.py`` measures it.
 - on an accelerator, torch's ``log1p -> baddbmm -> exp`` over the whole batch, on the tensor's device.
 """
 
@@ -38,7 +38,7 @@ _compiled = None
 
 
 def _kernel():
-    """The compiled pixel loop, built on first use (numba import and compile cost ~1 s once; cached on disk)."""
+    """The compiled pixel loop, built on first use (the numba import and compile are paid once; cached on disk)."""
     global _compiled
     if _compiled is None:
         import numba

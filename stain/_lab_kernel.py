@@ -60,8 +60,6 @@ _compiled = None
 def _kernel():
     global _compiled, _TABLES
     if _compiled is None:
-        import math
-
         import numba
 
         f32 = np.float32

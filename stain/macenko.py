@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import ConfigError
 from .base import BaseConfig
 from .matrix import StainMatrixNormalizer, order_he
+from .registry import register_method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,7 @@ def macenko_stain_vectors(od: np.ndarray, alpha: float = 1.0) -> np.ndarray:
     return order_he(plane @ directions)
 
 
+@register_method
 class MacenkoNormalizer(StainMatrixNormalizer):
     """Macenko stain normalisation; see :class:`~slidestream.stain.base.StainNormalizer` for the API.
 

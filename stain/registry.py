@@ -1,4 +1,5 @@
-"""Pick a normaliser by name, and rebuild one from its record."""
+"""The registry of stain normalisation methods, as timm's model registry: names to classes, filled by the method
+modules with :func:`register_method` (which :mod:`slidestream.stain` imports); it imports none of them."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from .base import Params, StainNormalizer
-from .macenko import MacenkoNormalizer
-from .reinhard import ReinhardNormalizer
-from .vahadane import VahadaneNormalizer
 
-_METHODS: dict[str, type[StainNormalizer]] = {
-    cls.method: cls for cls in (MacenkoNormalizer, ReinhardNormalizer, VahadaneNormalizer)
-}
+_METHODS: dict[str, type[StainNormalizer]] = {}
+
+
+def register_method(cls: type[StainNormalizer]) -> type[StainNormalizer]:
+    """Class decorator filing a normaliser under its ``method`` name (lower case)."""
+    key = cls.method.strip().lower()
+    if key in _METHODS and _METHODS[key] is not cls:
+        raise ConfigError(f"a stain normalisation method named {key!r} is already registered")
+    _METHODS[key] = cls
+    return cls
 
 
 def available_methods() -> list[str]:

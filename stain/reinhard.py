@@ -17,6 +17,7 @@ from ._color import lab_to_rgb_torch, rgb_to_lab, rgb_to_lab_torch, stained_mask
 from ._lab_kernel import reinhard_numpy
 from .base import BaseConfig, ImageBatch, StainEstimationError, StainNormalizer, thin
 from .params import MIN_LAB_STD, LabStats
+from .registry import register_method
 
 #: L*a*b* statistics of the non-background pixels of torchstain's example H&E target patch (MIT licence),
 #: a typical well-stained H&E appearance.
@@ -59,6 +60,7 @@ def _scale_offset(source: LabStats, target: LabStats) -> tuple[np.ndarray, np.nd
     return scale, target.mean - source.mean * scale
 
 
+@register_method
 class ReinhardNormalizer(StainNormalizer):
     """Reinhard colour normalisation; see :class:`~slidestream.stain.base.StainNormalizer` for the API."""
 

@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from .base import BaseConfig
 from .macenko import macenko_stain_vectors
 from .matrix import DEFAULT_HE_REFERENCE, StainMatrixNormalizer, order_he
+from .registry import register_method
 
 _EPS = 1e-10
 
@@ -49,7 +50,7 @@ class VahadaneConfig(BaseConfig):
     tol : float
         Stop when no stain-vector component moves by more than this in one iteration.
     max_pixels : int
-        Tissue pixels used for the factorisation (thinned evenly); 20,000 keeps one estimate around 0.1 s on a CPU.
+        Tissue pixels used for the factorisation (thinned evenly); 20,000 keeps one estimate fast on a CPU.
     max_conc_percentile : float
         Percentile of each stain's (least-squares) concentration taken as its maximum.
     """
@@ -152,6 +153,7 @@ def sparse_nmf_stain_vectors(
     return order_he(w / np.maximum(np.linalg.norm(w, axis=0), _EPS))
 
 
+@register_method
 class VahadaneNormalizer(StainMatrixNormalizer):
     """Vahadane stain normalisation; see :class:`~slidestream.stain.base.StainNormalizer` for the API.
 

@@ -35,3 +35,17 @@ def slides_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def cmu_slide(slides_dir: Path) -> Path:
     return slides_dir / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    the test machines are small and shared, small models run fastest on one thread, and OpenMP threads would spin
+    against other jobs. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

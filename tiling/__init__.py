@@ -1,18 +1,18 @@
-"""Tissue segmentation, tile grids, the per-slide Zarr store and the tiler that fills it."""
+"""Tissue segmentation, tile grids, tile QC, and the tiler that fills the per-slide store (:mod:`slidestream.store`)."""
 
 import importlib
 
 # Every name is loaded on first use (PEP 562), so that importing one submodule, e.g. the tissue segmentation, does
-# not import Zarr and Dask (~0.15 s) with the store and the tiler: `slidestream tile` segments the first slide in
+# not import Zarr and Dask with the store and the tiler: `slidestream tile` segments the first slide in
 # a forked helper while the parent imports those.
 _WHERE = {
-    "JpegTileCodec": "codecs",
     "ReadPlan": "grid", "TilingParams": "grid", "grid_coords": "grid", "plan_reads": "grid",
     "tissue_fractions": "grid",
     "QCConfig": "qc", "tile_qc": "qc", "tile_stats": "qc",
-    "JpegTiles": "store", "SlideStore": "store",
-    "jpeg_passthrough": "stored", "reduced_read": "stored",
-    "TileResult": "tiler", "tile_slide": "tiler", "tissue_polygons": "tiler",
+    "jpeg_passthrough": "jpeg_fastpath", "reduced_read": "jpeg_fastpath",
+    "patch_reader": "reads", "read_tile": "reads", "resize_patch": "reads",
+    "TileResult": "tiler", "tile_slide": "tiler", "tissue_polygons": "regions",
+    "run_graph": "executor",
     "tissue_mask": "overview",
     "TissueConfig": "tissue", "mask_to_polygons": "tissue", "pen_mask": "tissue", "segment_tissue": "tissue",
     "roi_from_file": "regions", "write_tissue_geojson": "regions",
@@ -26,21 +26,22 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "JpegTileCodec",
-    "JpegTiles",
     "QCConfig",
     "ReadPlan",
-    "SlideStore",
     "TileResult",
     "TilingParams",
     "TissueConfig",
     "grid_coords",
     "jpeg_passthrough",
+    "patch_reader",
     "mask_to_polygons",
     "pen_mask",
     "plan_reads",
+    "read_tile",
     "reduced_read",
+    "resize_patch",
     "roi_from_file",
+    "run_graph",
     "segment_tissue",
     "tile_qc",
     "tile_slide",

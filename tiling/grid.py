@@ -146,7 +146,7 @@ def tissue_fractions(coords: np.ndarray, extent0: float, mask: np.ndarray, mask_
     sat = np.zeros((h + 1, w + 1), dtype)
     np.cumsum(mask, axis=1, dtype=dtype, out=sat[1:, 1:])
     # down the rows one vectorised add at a time: numpy's cumsum along axis 0 walks each column with a stride,
-    # ~10x slower on a few-megapixel mask
+    # much slower on a few-megapixel mask
     for i in range(2, h + 1):
         np.add(sat[i - 1], sat[i], out=sat[i])
     sx, sy = mask_downsample

@@ -15,7 +15,7 @@ from PIL import Image
 from ..wsi.slide import Slide, open_slide
 from .grid import TilingParams
 from .local import local_processes_available, local_workers
-from .stored import dct_reduced_level
+from .jpeg_fastpath import dct_reduced_level
 from .tissue import TissueConfig, segment_tissue
 
 # Largest pyramid level read whole for the tissue overview (pixels); beyond it Slide.thumbnail reads in bands.
@@ -26,7 +26,7 @@ def overview(slide: Slide, max_size: int) -> np.ndarray:
     """Whole-slide image no larger than ``max_size`` on its longer side, for tissue segmentation.
 
     Where the coarsest pyramid level at least that large is stored as YCbCr JPEG, the decoder reduces it by
-    ``M/8`` (:func:`~slidestream.tiling.stored.dct_reduced_level`): the result is then between two thirds of
+    ``M/8`` (:func:`~slidestream.tiling.jpeg_fastpath.dct_reduced_level`): the result is then between two thirds of
     ``max_size`` and ``max_size``, in a tenth of the time of the exact path. Otherwise that level is read in one
     piece and area-averaged with PIL to exactly ``max_size`` (a few tens of ms where :meth:`Slide.thumbnail`'s
     banded numpy averaging takes most of a second); levels above :data:`_OVERVIEW_MAX_PIXELS` (slides without
@@ -77,8 +77,8 @@ RESULT_TIMEOUT_S = 60.0
 class EarlyTissue:
     """The tissue mask of one slide, computed by a forked helper process while this process goes on.
 
-    ``slidestream tile`` starts one for its first slide before it imports the store and the tiler (Zarr, Dask: ~0.2 s
-    of imports), so that with several workers the segmentation (~0.15 s) overlaps them on another core. Made by
+    ``slidestream tile`` starts one for its first slide before it imports the store and the tiler (Zarr and Dask
+    imports), so that with several workers the segmentation overlaps them on another core. Made by
     :func:`start_tissue_mask`; :func:`slidestream.tiling.tiler.tile_slide` takes it as ``tissue=``.
     """
 

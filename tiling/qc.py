@@ -82,7 +82,7 @@ def tile_stats(tile: np.ndarray, config: QCConfig | None = None) -> tuple[float,
     Notes
     -----
     QC runs on every tile of every slide, so it works on subsamples, and the tiler calls it on each tile right
-    after decoding it, while the tile is still in the CPU cache: that makes it ~10x cheaper than the same
+    after decoding it, while the tile is still in the CPU cache: that makes it much cheaper than the same
     arithmetic over a stacked batch. The variance comes from exact integer sums.
     """
     return luma_stats(luma(tile[::2, ::2]), config)

@@ -15,11 +15,10 @@ from pathlib import Path
 import shapely
 from shapely.geometry import MultiPolygon
 
+from ..annotations import make_valid_polygonal, polygonal_parts, read_annotations, region_features, write_geojson
 from ..errors import ConfigError
-from ..wsi.annotations import read_annotations
-from ..wsi.qupath import make_valid_polygonal, polygonal_parts, region_features, write_geojson
-from .store import SlideStore
-from .tiler import tissue_polygons
+from ..store import SlideStore
+from .tissue import mask_to_polygons
 
 #: QuPath class of the exported tissue outline, and its colour (QuPath's own colour for "Tissue" is not fixed).
 TISSUE_CLASS = "Tissue"
@@ -49,7 +48,7 @@ def roi_from_file(path: str | os.PathLike, *, classes: Sequence[str] | None = No
     ------
     ConfigError
         When the file holds no area (polygon) annotation of the wanted classes.
-    slidestream.wsi.annotations.AnnotationError
+    slidestream.annotations.AnnotationError
         When the file cannot be read.
     """
     anns = read_annotations(path, offset=offset)
@@ -104,3 +103,9 @@ def write_tissue_geojson(store: SlideStore | str | os.PathLike, path: str | os.P
     features = region_features(tissue, TISSUE_CLASS, TISSUE_COLOR, name=f"Tissue ({store.slide_id})",
                                measurements=measurements, offset=origin, slide_size=size)
     return write_geojson(path, features)
+
+
+def tissue_polygons(store: SlideStore):
+    """Tissue outline of a store's slide as a shapely MultiPolygon in level-0 pixels."""
+    arr = store.group["tissue_mask"]
+    return mask_to_polygons(arr[...].astype(bool), tuple(arr.attrs["downsample"]))

@@ -1,6 +1,6 @@
 """Fill a slide store: tissue mask → tile grid → patches, chunk by chunk, resumable.
 
-Two ways of storing patches (see :mod:`slidestream.tiling.store`):
+Two ways of storing patches (see :mod:`slidestream.store`):
 
 - the pass-through path: when the grid *is* a pyramid level's own JPEG tile grid (no resize, tiles on stored tile
   boundaries, no stain normalisation), each patch is the slide's stored JPEG tile, copied without re-encoding;
@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,19 +29,19 @@ from typing import Any
 import imagecodecs
 import numpy as np
 import shapely
-from dask.callbacks import Callback
-from PIL import Image
 
 from ..errors import StoreError
+from ..store import DEFAULT_CHUNK_TILES, JPEG_CHUNK_TILES, JpegTiles, SlideStore, identity_dict, identity_of
+from ..wsi import Slide, open_slide, slide_id_from_path
 from ..wsi.direct import DirectTiffReader, merge_jpeg_tables
-from ..wsi.slide import Slide, open_slide, slide_id_from_path
 from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
 from .local import local_processes_available, local_workers
 from .qc import QC_FLAG_DOC, QC_MEASURE, QCConfig, luma_stats, qc_flags, tile_stats
-from .store import DEFAULT_CHUNK_TILES, JPEG_CHUNK_TILES, JpegTiles, SlideStore, identity_dict, identity_of
 from .overview import EarlyTissue, tissue_mask
-from .stored import ReducedRead, ReducedTileReader, jpeg_passthrough, reduced_read
-from .tissue import TissueConfig, mask_to_polygons
+from .executor import BandClaims, _CLAIMED, dispatch_order, run_graph, task_key, tile_claimed_chunk
+from .jpeg_fastpath import ReducedRead, ReducedTileReader, jpeg_passthrough, reduced_read
+from .reads import read_tile, stain_sample_index
+from .tissue import TissueConfig
 
 Progress = Callable[[int, int], None]
 _GREY = imagecodecs.JPEG8.CS.GRAYSCALE
@@ -59,36 +59,6 @@ class TileResult:
     action: str  # "tiled", "resumed", "up-to-date"
     chunks_written: int = 0
     extra: dict = field(default_factory=dict)
-
-
-def resize_patch(patch: np.ndarray, size: int) -> np.ndarray:
-    """Area-averaging (antialiased) resize of an (h, w, 3) uint8 patch to (size, size, 3)."""
-    h, w = patch.shape[:2]
-    if h == size and w == size:
-        return patch
-    if h == w and h % size == 0:
-        # Whole-number factor (the common 40x → 20x case): block averaging, about twice as fast as a BOX resize.
-        return np.asarray(Image.fromarray(patch).reduce(h // size))
-    return np.asarray(Image.fromarray(patch).resize((size, size), Image.Resampling.BOX))
-
-
-def read_tile(slide: Slide, location: tuple[int, int], plan: ReadPlan) -> np.ndarray:
-    """One tile as (tile_size, tile_size, 3) uint8, read at ``plan.level`` and resized as planned."""
-    region = slide.read_region((int(location[0]), int(location[1])), plan.level, (plan.read_size, plan.read_size))
-    return resize_patch(region, plan.tile_size)
-
-
-def patch_reader(slide: Slide, plan: ReadPlan, coords: np.ndarray) -> Callable[[tuple[int, int]], np.ndarray]:
-    """A function reading the patches of a grid (``coords``, level-0 x, y) exactly as the tiler stores them.
-
-    The tiler assembles patches from reduced stored tiles where it can (:func:`reduced_read`); where the decoder
-    does the reduction its pixels differ from :func:`read_tile`'s box reduction by rounding, so whatever reads
-    patches from the slide instead of a store (embedding a store without patches, checks) reads them with this.
-    """
-    spec = reduced_read(slide, plan, coords)
-    if spec is None:
-        return functools.partial(read_tile, slide, plan=plan)
-    return ReducedTileReader(slide.path, slide.level_dimensions, spec).read
 
 
 def _slide_attrs(slide: Slide, slide_path: Path) -> dict:
@@ -203,7 +173,7 @@ class ChunkJob:
     jpeg : JpegTiles or None
         Set when patches are the slide's own JPEG tiles (pass-through path).
     reduced : ReducedRead or None
-        Set when patches are assembled from reduced stored tiles (see :mod:`slidestream.tiling.stored`).
+        Set when patches are assembled from reduced stored tiles (see :mod:`slidestream.tiling.jpeg_fastpath`).
     level_dimensions : tuple of (int, int)
         The slide's levels, to find the stored tiles of ``plan.level`` (both fast paths).
     """
@@ -302,190 +272,6 @@ def _jpeg_tiles(job: ChunkJob, reader: DirectTiffReader, coords: np.ndarray, whi
     return out
 
 
-class _CountTiles(Callback):
-    """Dask callback that reports tiles finished by the local scheduler."""
-
-    def __init__(self, on_done: Callable[[int], None]):
-        super().__init__()
-        self.on_done = on_done
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        if isinstance(result, int):
-            self.on_done(result)
-
-
-def dispatch_order(chunks: list[int], bands: int) -> list[int]:
-    """The order in which local workers should take ``chunks``: ``bands`` contiguous bands, interleaved.
-
-    Neighbouring chunks share stored tiles (a patch row and the next one read the same stored tile rows), and a
-    worker caches the tiles it decoded. Taking chunks in turn from one band per worker keeps each worker in its
-    own part of the slide as long as the workers finish in turn: with two processes taking consecutive chunks in
-    turn, 29 % more stored tiles are decoded than by one process (224 px @ 0.5 µm/px from 0.25 µm/px); with
-    bands, 8 %, as the processes drift out of turn. Forked worker processes therefore claim their chunks instead
-    (:class:`BandClaims`: 3 % more); this order serves threads, which share one cache, and clusters.
-    """
-    n = len(chunks)
-    bands = max(1, min(bands, n))
-    edges = [round(i * n / bands) for i in range(bands + 1)]
-    parts = [chunks[edges[i]:edges[i + 1]] for i in range(bands)]
-    return [part[k] for k in range(max((len(p) for p in parts), default=0)) for part in parts if k < len(part)]
-
-
-class BandClaims:
-    """Chunks handed out band by band to forked worker processes, as they ask for work.
-
-    :func:`dispatch_order` fixes which chunk each task writes, and a process does not always get the next task of
-    its own band: on the 20x job two processes switched bands every few chunks and decoded 8 % more stored tiles
-    than one process. Here a task does not name its chunk: each process claims the next chunk of its own band,
-    and once that band is done it takes chunks from the end of the band with the most left (so the owner keeps
-    its run of neighbours). Every task writes one chunk, so the graph still has one task per chunk to do.
-
-    Created before the workers are forked: the counters live in shared memory, and each forked copy of this
-    object remembers its own band.
-
-    Parameters
-    ----------
-    chunks : list of int
-        The chunks to write, in order (they are split into ``bands`` contiguous bands).
-    bands : int
-        Worker processes.
-    """
-
-    def __init__(self, chunks: list[int], bands: int):
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("fork")
-        n = len(chunks)
-        bands = max(1, min(bands, n))
-        edges = [round(i * n / bands) for i in range(bands + 1)]
-        self.chunks = list(chunks)
-        self._next = ctx.RawArray("q", edges[:-1])
-        self._end = ctx.RawArray("q", edges[1:])
-        self._owners = ctx.RawValue("q", 0)
-        self._lock = ctx.Lock()
-        self._pid: int | None = None
-        self._band = 0
-
-    def claim(self) -> int | None:
-        """The next chunk for the calling process, or None when every chunk has been claimed."""
-        with self._lock:
-            if self._pid != os.getpid():  # this process's first claim: it takes the next band nobody owns
-                self._pid = os.getpid()
-                self._band = self._owners.value % len(self._next)
-                self._owners.value += 1
-            band = self._band
-            if self._next[band] < self._end[band]:
-                self._next[band] += 1
-                return self.chunks[self._next[band] - 1]
-            left = [self._end[b] - self._next[b] for b in range(len(self._next))]
-            band = max(range(len(left)), key=left.__getitem__)
-            if left[band] <= 0:
-                return None
-            self._end[band] -= 1
-            return self.chunks[self._end[band]]
-
-
-#: Work of the running claim-based graphs, by token: set before the workers are forked, so they inherit it.
-_CLAIMED: dict[str, tuple[BandClaims, Callable[[int], int]]] = {}
-
-
-def tile_claimed_chunk(token: str) -> int:
-    """Task of a claim-based graph (see :class:`BandClaims`): write the next chunk this process claims."""
-    claims, write = _CLAIMED[token]
-    chunk = claims.claim()
-    return 0 if chunk is None else write(chunk)
-
-
-def task_key(slide_id: str, rank: int, n: int, chunk: int | str) -> str:
-    """Dask key of a chunk's task. Dask's local schedulers start independent tasks in reverse order of their keys
-    (``tests/test_tiling_dask.py`` checks it), so a fixed-width, falling number makes ``rank`` the start order."""
-    return f"tile-{slide_id}-{n - rank:08d}-{chunk}"
-
-
-def run_graph(graph: Mapping[str, tuple], keys: list[str], *, scheduler: str | None = None,
-              workers: int | None = None, on_done: Callable[[int], None] | None = None,
-              processes: bool | None = None, batch: int = 1) -> list:
-    """Compute the tasks ``keys`` of a dask graph locally (threads or forked processes), or on a
-    ``dask.distributed`` cluster.
-
-    Parameters
-    ----------
-    graph : mapping
-        A dask task graph, ``{key: (function, *args)}``.
-    keys : list of str
-        The tasks to compute (their results are returned in this order).
-    scheduler : str, optional
-        Address of a running ``dask.distributed`` scheduler (``tcp://host:8786``); None runs locally.
-    workers : int, optional
-        Local workers (default: CPU cores).
-    on_done : callable(int), optional
-        Called with each task's integer result as it finishes (progress).
-    processes : bool, optional
-        Local workers as processes (default where :func:`local_processes_available` and ``workers > 1``) or
-        threads. Tiling holds the GIL between its numpy calls (QC, assembly): two threads reach ~1.6x one,
-        processes scale with the cores. One worker always runs in this process.
-    batch : int
-        Tasks sent to a worker process at a time (in key order). Each dispatch costs the worker ~2 ms of waiting
-        for a result and the next task to go round through this process; batches of tasks that choose their own
-        work when they run (:class:`BandClaims`) cut that without binding work to a worker early.
-
-    Notes
-    -----
-    The graph goes straight to a scheduler's ``get``: ``dask.compute`` over delayed objects would first tokenize
-    and optimise an expression of the whole graph, ~0.5 ms per task of serial work in this process.
-    """
-    if not keys:
-        return []
-    if scheduler:
-        from distributed import Client, as_completed
-
-        with Client(scheduler) as client:
-            # a chunk whose task raised (a flaky network read) gets two more tries; a dead worker's chunks are
-            # re-run by the scheduler anyway
-            futures = client.get(dict(graph), keys, sync=False, retries=2)
-            for fut in as_completed(futures):
-                if on_done:
-                    on_done(fut.result())
-            return client.gather(futures)
-    n = local_workers(workers)
-    if processes is None:
-        processes = n > 1 and local_processes_available()
-    with _CountTiles(on_done or (lambda n: None)):
-        if processes and n > 1:
-            import multiprocessing
-
-            import dask.multiprocessing
-
-            # Forked, the workers start in milliseconds with every module imported (spawned ones would import
-            # slidestream again, ~0.5 s each). Zarr re-creates its event loop in a forked child itself.
-            _release_free_heap()
-            with multiprocessing.get_context("fork").Pool(min(n, len(keys))) as pool:
-                out = dask.multiprocessing.get(graph, keys, pool=pool, num_workers=n, chunksize=max(1, batch),
-                                               optimize_graph=False)
-                # reaped before returning: their CPU time then counts towards this process's children
-                pool.close()
-                pool.join()
-            return list(out)
-        import dask.threaded
-
-        return list(dask.threaded.get(graph, keys, num_workers=n))
-
-
-def _release_free_heap() -> None:
-    """Return the free pages of this process's heap to the system (glibc ``malloc_trim``; elsewhere nothing).
-
-    Called before forking workers: a worker allocating inside free pages it inherited pays a copy-on-write copy of
-    each, while a trimmed heap gives it fresh zeroed pages. That cut the first chunk of each worker from ~95 to
-    ~78 ms on the 20x job; the call itself takes well under a millisecond.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def tile_slide(
     slide_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -527,10 +313,10 @@ def tile_slide(
         Store the RGB patches and their QC (otherwise only coordinates, read from the slide at embedding time).
     chunk_tiles : int, optional
         Tiles per store chunk, the unit of work and of resume (used when the store is created). Default
-        :data:`~slidestream.tiling.store.JPEG_CHUNK_TILES` (256) where the slide's JPEG tiles are kept, whose
-        tiles cost ~0.2 ms each, else :data:`~slidestream.tiling.store.DEFAULT_CHUNK_TILES` (64; decoded and
-        resized tiles cost ~1 ms): about 50 ms of work per chunk either way, so the fixed cost of a chunk (a
-        task, five atomic file writes) stays small against its tiles.
+        :data:`~slidestream.store.JPEG_CHUNK_TILES` (256) where the slide's JPEG tiles are kept, whose
+        tiles are cheap, else :data:`~slidestream.store.DEFAULT_CHUNK_TILES` (64; decoded and resized tiles cost
+        several times more): about the same work per chunk either way, so the fixed cost of a chunk (a task, five
+        atomic file writes) stays small against its tiles (``bench/tile.py`` measures both).
     workers : int, optional
         Local workers (default: CPU cores): forked processes where the platform allows (Linux), else threads.
     scheduler : str, optional
@@ -651,7 +437,7 @@ def tile_slide(
         task = functools.partial(tile_chunk, job)
         if not scheduler and (job.jpeg is not None or job.reduced is not None):
             # Opened here, before any worker is forked, the store and the stored-tile reader are inherited by every
-            # worker instead of being opened by each in its first task (~40 ms each, on the critical path). Only
+            # worker instead of being opened by each in its first task (on the critical path). Only
             # these: they read with os.pread, so forked copies share no file position (an OpenSlide handle reads by
             # seek-then-read, and forked copies of it would move each other's offset).
             _open_for(job)
@@ -671,7 +457,7 @@ def tile_slide(
             graph = {key: (task, ci, coords[slices[ci]]) for key, ci in zip(keys, order)}
         try:
             # claimed chunks go out four tasks at a time: a batch claims its chunks as it runs, so loads stay even
-            # and progress comes every ~0.2 s, with a quarter of the dispatch round trips
+            # and progress still comes often, with a quarter of the dispatch round trips
             written = sum(1 for n in run_graph(graph, keys, scheduler=scheduler, workers=workers, on_done=on_done,
                                                processes=forked if not scheduler else processes,
                                                batch=4 if forked else 1) if n)
@@ -709,17 +495,13 @@ def _jpeg_of(store: SlideStore) -> JpegTiles | None:
     return JpegTiles(level=int(enc["level"]), colorspace=enc.get("colorspace"), outcolorspace=enc.get("outcolorspace"))
 
 
-STAIN_SAMPLE_TILES = 64
-
-
 def _fit_stain(stain, store: SlideStore, slide_path: Path, mpp: float | None, plan: ReadPlan):
     """Estimate the slide's source stain from a fixed, evenly spread sample of its tiles and record it.
 
     The sample depends only on the tile grid, so a resumed run re-estimates exactly the same parameters; a
     mismatch with the recorded ones means the slide or the method changed and is refused.
     """
-    n = store.n_tiles
-    idx = np.unique(np.linspace(0, n - 1, min(n, STAIN_SAMPLE_TILES)).round().astype(int))
+    idx = stain_sample_index(store.n_tiles)
     slide = _slide_for_task(str(slide_path), mpp)
     sample = np.stack([read_tile(slide, xy, plan) for xy in store.coords[idx]])
     stain.fit_source(sample)
@@ -731,9 +513,3 @@ def _fit_stain(stain, store: SlideStore, slide_path: Path, mpp: float | None, pl
         raise StoreError(f"{store.path}: the stored patches were normalised with other stain parameters; "
                          "pass --overwrite to rebuild the store")
     return stain
-
-
-def tissue_polygons(store: SlideStore):
-    """Tissue outline of a store's slide as a shapely MultiPolygon in level-0 pixels."""
-    arr = store.group["tissue_mask"]
-    return mask_to_polygons(arr[...].astype(bool), tuple(arr.attrs["downsample"]))

@@ -166,7 +166,7 @@ def _run_components(starts: np.ndarray, ends: np.ndarray, stride: int) -> np.nda
     """4-connected components of runs (from :func:`_runs`): for each run, the index of its component's first run.
 
     Labelling runs rather than pixels keeps this in a few numpy calls per pass (scipy.ndimage.label would do, but
-    importing scipy.ndimage costs every ``slidestream tile`` ~0.1 s of start-up, more than labelling a tissue mask).
+    importing scipy.ndimage would cost every ``slidestream tile`` more start-up than labelling a tissue mask takes).
     """
     n = len(starts)
     # Runs of consecutive rows touch where their column spans overlap. For run j, the runs of the row above it that
@@ -198,7 +198,7 @@ def _run_components(starts: np.ndarray, ends: np.ndarray, stride: int) -> np.nda
 
 def blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of an (H, W) uint8 image, standard deviation ``sigma`` px (PIL's three-box approximation:
-    ~10x faster than an exact float convolution, and 8 bits are plenty for a threshold)."""
+    much faster than an exact float convolution, and 8 bits are plenty for a threshold)."""
     return np.asarray(Image.fromarray(image, mode="L").filter(ImageFilter.GaussianBlur(radius=sigma)))
 
 

@@ -311,7 +311,7 @@ class OpenSlideBackend(SlideBackend):
         # OpenSlide returns straight RGBA (openslide-python un-premultiplies) with alpha 0 outside the slide.
         image = self._osr.read_region(location, level, size)
         lowest_alpha, _ = image.getchannel("A").getextrema()
-        if lowest_alpha == 255:  # fully opaque, the usual tile inside tissue: PIL's C conversion is 2x faster
+        if lowest_alpha == 255:  # fully opaque, the usual tile inside tissue: PIL's C conversion is faster
             return np.array(image.convert("RGB"))  # a copy: callers may write into regions
         return composite_on_white(np.asarray(image))
 

@@ -37,7 +37,6 @@ from ._backends import NativeMPP, SlideBackend, composite_on_white, is_tiff
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
-    "DIRECT_MODES",
     "SUPPORTED_COMPRESSIONS",
     "DirectBackend",
     "DirectLevel",
@@ -51,9 +50,6 @@ __all__ = [
 #: reads needs a few tiles, reuse between rows needs ~3 tile rows of the tissue's width (a 40k px wide tissue
 #: area: ~470 tiles of 192 KiB = 90 MiB), hence 128 MiB.
 DEFAULT_CACHE_BYTES = 128 << 20
-
-#: Accepted values of ``direct`` in :func:`with_direct_reader` and ``open_slide``.
-DIRECT_MODES = ("auto", True, False)
 
 #: TIFF Compression tag values decoded directly. Not Aperio's JPEG 2000 (33003/33005, YCbCr handling unverified)
 #: nor old-style JPEG (6): OpenSlide reads those.

@@ -8,11 +8,15 @@ what each source means.
 from __future__ import annotations
 
 import math
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
+from ..errors import ConfigError
+
 __all__ = [
-    "MPP_SOURCES",
+    "DEFAULT_MPP_TOLERANCE",
+    "check_target_mpp",
     "mpp_from_resolution",
     "mpp_from_ome_xml",
     "mpp_from_properties",
@@ -20,8 +24,9 @@ __all__ = [
     "parse_positive_float",
 ]
 
-#: Every value :attr:`Slide.mpp_source` can take (besides ``None``), best first.
-MPP_SOURCES = ("override", "openslide", "vendor", "ome", "tiff-resolution")
+#: Relative slack when matching a target pixel size to a level: 0.499 µm/px serves a 0.5 µm/px request, and a
+#: level 1 % coarser than asked still counts as "not coarser".
+DEFAULT_MPP_TOLERANCE = 0.01
 
 # Microns per unit of a TIFF ResolutionUnit. "none" (1) is deliberately absent: a resolution without a unit is an
 # aspect ratio, not a pixel size, and guessing (ImageJ writes unit=micron in its description, others write 72 dpi)
@@ -183,3 +188,46 @@ def objective_from_mpp(mpp: float, *, tolerance: float = 0.10) -> float | None:
     if abs(power / nearest - 1.0) <= tolerance:
         return nearest
     return float(f"{power:.2g}")
+
+
+def _check_mpp_value(mpp: object, what: str) -> float:
+    value = parse_positive_float(mpp)
+    if value is None or isinstance(mpp, str):
+        raise ConfigError(f"{what} must be a positive number of microns per pixel (e.g. 0.5), got {mpp!r}")
+    return value
+
+
+def check_target_mpp(
+    target_mpp: float,
+    slide_mpp: float,
+    *,
+    tolerance: float = DEFAULT_MPP_TOLERANCE,
+    name: str | os.PathLike | None = None,
+) -> None:
+    """Refuse a target pixel size finer than the slide's level 0: slidestream never upsamples.
+
+    Parameters
+    ----------
+    target_mpp : float
+        Requested pixel size, µm/px.
+    slide_mpp : float
+        The slide's level-0 pixel size, µm/px.
+    tolerance : float
+        Relative slack: level 0 is accepted while ``slide_mpp <= target_mpp * (1 + tolerance)``.
+    name : str or os.PathLike, optional
+        The slide, for the message.
+
+    Raises
+    ------
+    ConfigError
+        When the target is finer than level 0 (beyond the tolerance) or not a positive number.
+    """
+    target = _check_mpp_value(target_mpp, "the target mpp")
+    native = _check_mpp_value(slide_mpp, "the slide mpp")
+    if native > target * (1.0 + tolerance):
+        where = f"{os.fspath(name)}: " if name is not None else ""
+        raise ConfigError(
+            f"{where}target pixel size {target:g} µm/px is finer than the slide's level 0 ({native:g} µm/px) and "
+            f"slidestream does not upsample: ask for {native / (1.0 + tolerance):.4g} µm/px or coarser, or correct "
+            "the slide's pixel size with --mpp if its metadata is wrong"
+        )

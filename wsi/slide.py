@@ -31,11 +31,9 @@ Pixel size (MPP, µm/px) — the first source that gives a finite positive value
 
 from __future__ import annotations
 
-import hashlib
 import math
 import operator
 import os
-import re
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -47,145 +45,17 @@ import numpy as np
 from ..errors import ConfigError, CorruptSlideError, MissingMPPError, SlideError, UnsupportedSlideError
 from ._backends import BACKENDS, BackendRefused, SlideBackend
 from .direct import DirectUnsupported, with_direct_reader
-from .properties import objective_from_mpp, parse_positive_float
+from .identity import file_fingerprint, slide_id_from_path
+from .properties import (DEFAULT_MPP_TOLERANCE, _check_mpp_value, check_target_mpp, objective_from_mpp,
+                         parse_positive_float)
 
-__all__ = [
-    "Slide",
-    "open_slide",
-    "slide_id_from_path",
-    "file_fingerprint",
-    "check_target_mpp",
-    "BACKEND_NAMES",
-    "DEFAULT_MPP_TOLERANCE",
-]
+__all__ = ["BACKEND_NAMES", "Slide", "open_slide"]
 
 #: Accepted values of ``open_slide(backend=...)``.
 BACKEND_NAMES = ("auto", *BACKENDS)
 
-#: Relative slack when matching a target pixel size to a level: 0.499 µm/px serves a 0.5 µm/px request, and a
-#: level 1 % coarser than asked still counts as "not coarser".
-DEFAULT_MPP_TOLERANCE = 0.01
-
-# Bytes hashed at each end of the file by file_fingerprint: headers and directories of TIFF-like formats sit at
-# the start or the end, so an edit, re-export or truncation almost always changes one of them.
-_FINGERPRINT_CHUNK = 1 << 20
-
 # Upper bound of decoded pixels held at once while a thumbnail is built band by band.
 _THUMBNAIL_BAND_BYTES = 64 << 20
-
-_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-_MAX_ID_LENGTH = 200
-
-
-# --------------------------------------------------------------------------------------------------- free functions
-
-
-def slide_id_from_path(path: str | os.PathLike) -> str:
-    """Identifier of a slide for file names (``<slide_id>.zarr``), from the file's name without extension.
-
-    Characters outside ``[A-Za-z0-9._-]`` become ``_``; a leading ``.`` becomes ``_`` so the id is never hidden
-    and never ``.``/``..``; directory parts are dropped, so ``"../x.svs"`` gives ``"x"`` and cannot escape an
-    output folder. Very long names are cut and suffixed with a hash of the full name.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Slide path; only the last component is used.
-
-    Returns
-    -------
-    str
-        Non-empty, at most 200 + 9 characters. Different names can map to the same id (``"a b"`` and ``"a_b"``):
-        stores must detect such collisions through the slide identity they record.
-
-    Examples
-    --------
-    >>> slide_id_from_path("/data/TCGA 01.svs")
-    'TCGA_01'
-    >>> slide_id_from_path(".hidden.svs")
-    '_hidden'
-    """
-    name = Path(os.fspath(path)).name
-    stem = Path(name).stem if name not in ("", ".", "..") else name
-    slide_id = _UNSAFE_ID_CHARS.sub("_", stem)
-    if slide_id.startswith("."):
-        slide_id = "_" + slide_id[1:]
-    if not slide_id:
-        slide_id = "slide"
-    if len(slide_id) > _MAX_ID_LENGTH:
-        digest = hashlib.blake2b(stem.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
-        slide_id = f"{slide_id[:_MAX_ID_LENGTH]}-{digest}"
-    return slide_id
-
-
-def file_fingerprint(path: str | os.PathLike) -> str:
-    """Cheap content fingerprint of a file: BLAKE2b of its size and its first and last MiB.
-
-    Reads at most 2 MiB, so it is fast on slides of any size. It detects re-exports, truncation and edits of
-    headers/directories; a change confined to the middle of a large file goes unnoticed. For multi-file formats
-    (MIRAX ``.mrxs`` + data folder, DICOM series) only the given file is hashed.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-
-    Returns
-    -------
-    str
-        32 lowercase hex digits.
-    """
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(size.to_bytes(8, "little"))
-        digest.update(fh.read(_FINGERPRINT_CHUNK))
-        if size > _FINGERPRINT_CHUNK:
-            fh.seek(max(_FINGERPRINT_CHUNK, size - _FINGERPRINT_CHUNK))
-            digest.update(fh.read(_FINGERPRINT_CHUNK))
-    return digest.hexdigest()
-
-
-def _check_mpp_value(mpp: object, what: str) -> float:
-    value = parse_positive_float(mpp)
-    if value is None or isinstance(mpp, str):
-        raise ConfigError(f"{what} must be a positive number of microns per pixel (e.g. 0.5), got {mpp!r}")
-    return value
-
-
-def check_target_mpp(
-    target_mpp: float,
-    slide_mpp: float,
-    *,
-    tolerance: float = DEFAULT_MPP_TOLERANCE,
-    name: str | os.PathLike | None = None,
-) -> None:
-    """Refuse a target pixel size finer than the slide's level 0: slidestream never upsamples.
-
-    Parameters
-    ----------
-    target_mpp : float
-        Requested pixel size, µm/px.
-    slide_mpp : float
-        The slide's level-0 pixel size, µm/px.
-    tolerance : float
-        Relative slack: level 0 is accepted while ``slide_mpp <= target_mpp * (1 + tolerance)``.
-    name : str or os.PathLike, optional
-        The slide, for the message.
-
-    Raises
-    ------
-    ConfigError
-        When the target is finer than level 0 (beyond the tolerance) or not a positive number.
-    """
-    target = _check_mpp_value(target_mpp, "the target mpp")
-    native = _check_mpp_value(slide_mpp, "the slide mpp")
-    if native > target * (1.0 + tolerance):
-        where = f"{os.fspath(name)}: " if name is not None else ""
-        raise ConfigError(
-            f"{where}target pixel size {target:g} µm/px is finer than the slide's level 0 ({native:g} µm/px) and "
-            f"slidestream does not upsample: ask for {native / (1.0 + tolerance):.4g} µm/px or coarser, or correct "
-            "the slide's pixel size with --mpp if its metadata is wrong"
-        )
 
 
 # --------------------------------------------------------------------------------------------------- Slide
@@ -712,7 +582,7 @@ def open_slide(
     direct : {"auto", True, False}
         Decode the stored tiles of TIFF-family slides (SVS, generic tiled TIFF; JPEG, LZW, Deflate, Zstandard,
         WebP, JPEG 2000 or raw RGB(A)) directly instead of going through `backend` for pixels
-        (:mod:`slidestream.wsi.direct`, 3-5x faster);
+        (:mod:`slidestream.wsi.direct`, several times faster);
         regions are the same within decoder rounding. ``"auto"`` does so where the file allows it,
         ``True`` refuses files of which a level cannot be read directly, ``False`` never does.
         :attr:`Slide.direct_levels` tells which levels are.

@@ -1,0 +1,126 @@
+"""Commands that train and apply MIL models: ``train``, ``predict``, ``run``, ``heatmap``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ._common import err, exit_for, print_predictions, reporter, scheduler_option, summary_table
+
+__all__ = ["heatmap", "predict", "run", "train"]
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--stores", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of embedded slide stores.")
+@click.option("--encoder", required=True, help="Which features/<encoder> to train on.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
+@click.option("--head", default="abmil", show_default=True, help="MIL head (abmil, clam_sb, clam_mb, transmil, "
+              "dsmil, mean, max).")
+@click.option("--folds", default=5, show_default=True, help="Stratified cross-validation folds.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def train(manifest, stores, encoder, out, head, folds, epochs, lr, seed, device):
+    """Train a MIL head on labelled slides (MANIFEST: slide,label[,split] CSV); save the fold ensemble.
+
+    Slides with split 'test' are left out. The checkpoint (safetensors + JSON) records the encoder and tiling,
+    so `slidestream run --model` can process new slides the same way.
+    """
+    from ..pipeline.inputs import collect_inputs
+    from ..mil import TrainConfig
+    from ..pipeline.train import train_from_stores
+
+    cfg = TrainConfig(head=head, epochs=epochs, lr=lr, seed=seed, device=device, patience=None)
+    summary = train_from_stores(collect_inputs([manifest]), stores, encoder, out, cfg, folds=folds,
+                                reporter=reporter())
+    m = summary.cv_metrics
+    click.echo(f"{summary.folds}-fold CV on {summary.n_slides} slides: out-of-fold AUC {m.get('auc', float('nan')):.3f} "
+               f"(95% CI {m.get('auc_ci_low', float('nan')):.3f}–{m.get('auc_ci_high', float('nan')):.3f}); "
+               f"temperature {summary.temperature:.3f}")
+    click.echo(f"checkpoint: {summary.checkpoint}")
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--stores", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of slide stores embedded with the checkpoint's encoder.")
+@click.option("--model", "checkpoint", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--threshold", default=0.5, show_default=True, help="Decision threshold on calibrated probability.")
+@click.option("--by", "stratify", default=None, help="Also report metrics per value of this manifest column "
+              "(site, scanner …).")
+def predict(manifest, stores, checkpoint, out, threshold, stratify):
+    """Predict the slides of MANIFEST from their stores' features: predictions.csv, per-tile scores in the stores
+    and, with labels, metrics.json (AUC + 95 % CI, balanced accuracy, sensitivity, specificity, Brier, ECE),
+    roc.png and reliability.png."""
+    from ..pipeline.inputs import collect_inputs
+    from ..pipeline.predict import predict_batch
+
+    res = predict_batch(collect_inputs([manifest]), stores, checkpoint, out, threshold=threshold,
+                        stratify=stratify, reporter=reporter())
+    print_predictions(res.rows)
+    m = res.metrics
+    if m:
+        click.echo(f"AUC {m['auc']:.3f} (95% CI {m['auc_ci_low']:.3f}–{m['auc_ci_high']:.3f}), balanced accuracy "
+                   f"{m['balanced_accuracy']:.3f}, sensitivity {m['sensitivity']:.3f}, specificity "
+                   f"{m['specificity']:.3f}, Brier {m['brier']:.3f}, ECE {m['ece']:.3f}")
+        for g, gm in (res.by_group or {}).items():
+            click.echo(f"  {stratify}={g}: n {gm['n']}, AUC {gm['auc']:.3f}, balanced accuracy "
+                       f"{gm['balanced_accuracy']:.3f}")
+    click.echo(f"predictions: {res.predictions_csv}")
+    exit_for(res.outcomes)
+
+
+@click.command()
+@click.argument("slides", nargs=-1, required=True)
+@click.option("--model", "checkpoint", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Checkpoint folder written by `slidestream train` or `slidestream demo`.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--weights", default="hub", show_default=True, help="Encoder weights: 'hub', a local file, or 'none'.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="Normalised attention above which tiles are merged into 'High attention' regions.")
+@scheduler_option()
+def run(slides, checkpoint, out, weights, device, mpp, threshold, scheduler):
+    """The whole inference path for new SLIDES: tile, embed with the checkpoint's encoder, predict, and write
+    QuPath GeoJSON, PNG heatmaps and predictions.csv."""
+    from ..pipeline.inputs import collect_inputs
+    from ..pipeline.run import run_inference
+
+    summary = run_inference(collect_inputs(slides, mpp=mpp), checkpoint, out, weights=weights, device=device,
+                            threshold=threshold, scheduler=scheduler, reporter=reporter())
+    print_predictions(summary.rows)
+    click.echo(f"predictions: {summary.predictions_csv}")
+    for o in summary.failed:
+        err.print(f"[red]✗[/red] {o.slide_id}: {o.error}")
+    if summary.failed:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("stores", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--model", "model_name", default=None,
+              help="Which scores/<NAME> of the stores to draw (written by `run`/`predict`).")
+@click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Compute the scores first from the stores' features with this checkpoint.")
+@click.option("--format", "fmt", type=click.Choice(["geojson", "png", "both"]), default="both", show_default=True)
+@click.option("--threshold", type=float, default=None,
+              help="Also write merged regions where the drawn score reaches this value (QuPath class Tumor).")
+@click.option("--column", default=None, help="Score column to draw (default: normalised attention).")
+def heatmap(stores, out, model_name, checkpoint, fmt, threshold, column):
+    """QuPath GeoJSON (tiles with score measurements, tissue outline, regions) and PNG heatmaps for STORES."""
+    from ..pipeline.inputs import collect_stores
+    from ..pipeline.outputs import heatmap_batch
+
+    formats = ("geojson", "png") if fmt == "both" else (fmt,)
+    outcomes = heatmap_batch(collect_stores(stores), out, model_name=model_name, checkpoint=checkpoint,
+                             formats=formats, threshold=threshold, column=column, reporter=reporter())
+    summary_table("heatmaps", outcomes, list(formats if fmt != "both" else ("geojson", "heatmap")))
+    exit_for(outcomes)

@@ -1,0 +1,123 @@
+"""Commands that measure and look: ``status``, ``evaluate froc``, ``bench``, ``demo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ._common import err, out, print_predictions, print_scores, reporter, scheduler_option, stain_option, tiling_options
+
+__all__ = ["bench", "demo", "evaluate", "status"]
+
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def status(folder, as_json):
+    """What FOLDER (a folder of stores) holds per slide, and what its run records say (counts, failures)."""
+    from ..pipeline.status import folder_status
+
+    st = folder_status(folder)
+    if as_json:
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    t = Table(title=f"{len(st['stores'])} store(s) in {folder}")
+    for c in ("slide", "tiles", "patches", "features", "scores", "status"):
+        t.add_column(c, overflow="fold")
+    for s in st["stores"]:
+        if "error" in s:
+            t.add_row(s["slide_id"], "", "", "", "", f"[red]{s['error']}[/red]")
+            continue
+        t.add_row(s["slide_id"], str(s["tiles"]), "yes" if s["patches"] else "no", ", ".join(s["features"]) or "-",
+                  ", ".join(s["scores"]) or "-", ", ".join(f"{k}: {v}" for k, v in s["status"].items()))
+    out.print(t)
+    for stage, r in st["runs"].items():
+        counts = ", ".join(f"{k} {v}" for k, v in r.get("counts", {}).items())
+        out.print(f"run {stage}: {counts} (finished {r.get('finished')})")
+        for f in r.get("failed", []):
+            err.print(f"  [red]✗[/red] {f['slide_id']}: {f['error']}")
+
+
+@click.group()
+def evaluate():
+    """Benchmark metrics on prediction files (CAMELYON16 lesion FROC)."""
+
+
+@evaluate.command("froc")
+@click.option("--detections", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of <slide>.csv files with the official 'confidence,X,Y' rows (level-0 pixels).")
+@click.option("--annotations", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of ground truth per tumour slide: ASAP XML, GeoJSON, NCRF JSON or <slide>_mask.tif. "
+                   "A slide without a file is a normal slide.")
+@click.option("--mpp", default=0.243, show_default=True, help="Level-0 µm/px of the slides (CAMELYON16: 0.243).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"sensitivity": {"0.25": …}, "froc": …} as JSON.')
+def evaluate_froc(detections, annotations, mpp, as_json):
+    """Lesion-level FROC exactly as the official CAMELYON16 evaluation computes it: the sensitivities at
+    0.25, 0.5, 1, 2, 4 and 8 average false positives per slide, and their mean (the FROC score)."""
+    from ..fileio import strict_json
+    from ..evaluation.froc_files import evaluate_froc_dirs, format_froc
+
+    result = evaluate_froc_dirs(detections, annotations, mpp=mpp)
+    if as_json:
+        keep = {k: result[k] for k in ("sensitivity", "froc", "defined") if k in result}
+        click.echo(json.dumps(strict_json(keep), indent=2))
+    else:
+        click.echo(format_froc(result))
+
+
+@click.command()
+@click.option("--out", default="demo-output", show_default=True, type=click.Path(path_type=Path))
+@click.option("--slides", "n_slides", default=40, show_default=True, help="Synthetic slides (half with tumour).")
+@click.option("--encoder", default="handcrafted", show_default=True,
+              help="Encoder; any timm name runs with random weights offline (and learns little).")
+@click.option("--seed", default=0, show_default=True)
+def demo(out, n_slides, encoder, seed):
+    """Offline end-to-end demo on a synthetic CAMELYON-like set: tile, embed, train ABMIL, predict held-out
+    slides, write GeoJSON, heatmaps, predictions and a report with the held-out slide AUC."""
+    from ..pipeline.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(n_normal=n_slides // 2, n_tumor=n_slides - n_slides // 2, encoder=encoder, seed=seed)
+    res = run_demo(out, cfg, reporter=reporter())
+    print_predictions(res.rows)
+    print_scores(res.test_auc, res.froc, len(res.rows))
+    click.echo(f"total {res.seconds:.0f} s")
+    click.echo("outputs:")
+    for p in res.listed_outputs:
+        click.echo(f"  {p}")
+    click.echo(f"report: {res.report}")
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Benchmark folder (resumable).")
+@click.option("--encoder", default="handcrafted", show_default=True)
+@click.option("--weights", default="hub", show_default=True, help="Encoder weights: 'hub', a local file, or 'none'.")
+@click.option("--head", default="abmil", show_default=True)
+@click.option("--folds", default=5, show_default=True)
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@tiling_options
+@stain_option("Normalise the stored patches (stain estimated once per slide).")
+@click.option("--device", default="cpu", show_default=True)
+@scheduler_option(
+              help="Address of a dask.distributed scheduler (tcp://host:8786), or 'local' for a local cluster on "
+                   "127.0.0.1, for the tiling and embedding stages.")
+def bench(source, out, encoder, weights, head, folds, epochs, seed, target_mpp, tile_size, overlap, min_tissue,
+          stain, device, scheduler):
+    """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
+    manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
+    the official lesion FROC, ROC/FROC plots, bench.json and report.md. Rerunning after an interruption skips
+    finished stages."""
+    from ..pipeline.bench import BenchConfig, run_benchmark
+    from ..tiling.grid import TilingParams
+
+    cfg = BenchConfig(encoder=encoder, weights=weights, head=head, folds=folds, epochs=epochs, seed=seed,
+                      stain=stain, device=device, scheduler=scheduler,
+                      tiling=TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap,
+                                          min_tissue=min_tissue))
+    res = run_benchmark(source, out, cfg, reporter=reporter())
+    print_scores(res.auc, res.froc, res.metrics["n"])
+    click.echo(f"report: {res.report}\nrecord: {res.record}")

@@ -1,0 +1,77 @@
+"""Commands on features: ``embed``, ``encoders``, ``export-features``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ._common import exit_for, out, reporter, scheduler_option, stain_option, stain_reference_option, summary_table
+
+__all__ = ["embed", "encoders", "export_features"]
+
+
+@click.command()
+@click.argument("stores", nargs=-1, required=True)
+@click.option("--encoder", default="handcrafted", show_default=True,
+              help="Preset name (see `slidestream encoders`) or any timm model name.")
+@click.option("--weights", default="hub", show_default=True,
+              help="'hub' (download, gated models need a token), a local .safetensors/.pth file, or 'none' "
+                   "(random init, marked in the store).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 …")
+@click.option("--batch-size", type=int, default=None, help="Forward batch (default: one store chunk).")
+@stain_option("Normalise tiles on the device before the encoder (stain estimated once per slide); for stores "
+              "whose patches were not normalised at tiling.")
+@stain_reference_option
+@click.option("--overwrite", is_flag=True, help="Recompute existing features.")
+@scheduler_option()
+def embed(stores, encoder, weights, device, batch_size, stain, stain_reference, overwrite, scheduler):
+    """Embed the tiles of STORES (store paths or folders of stores) into features/<encoder>."""
+    from ..pipeline.embed import embed_batch
+    from ..pipeline.inputs import collect_stores
+
+    outcomes = embed_batch(collect_stores(stores), encoder, weights=weights, device=device, batch_size=batch_size,
+                           overwrite=overwrite, stain=stain,
+                           stain_reference=stain_reference, scheduler=scheduler, reporter=reporter())
+    summary_table(f"embedding ({encoder})", outcomes, ["tiles", "patches_per_s"])
+    exit_for(outcomes)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
+def encoders(as_json):
+    """List the encoder presets: hub id, embedding dimension, input size, normalisation, licence."""
+    from ..models import list_encoders_table
+
+    rows = list_encoders_table()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    t = Table(title="encoder presets (any timm model name works too)")
+    for c in ("name", "hub_id", "embed_dim", "input_size", "pooling", "dtype", "license"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*(str(r.get(c) if r.get(c) is not None else "-") for c in
+                    ("name", "hub_id", "embed_dim", "input_size", "pooling", "dtype", "license")))
+    out.print(t)
+
+
+@click.command("export-features")
+@click.argument("stores", nargs=-1, required=True)
+@click.option("--encoder", required=True, help="Which features/<encoder> to export.")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", default="h5,pt", show_default=True,
+              help="Comma-separated: h5 (TRIDENT/CLAM-style features + coords + attrs), pt (a plain (N, D) tensor).")
+@click.option("--layout", type=click.Choice(["flat", "clam"]), default="flat", show_default=True,
+              help="flat: <out>/<slide>.h5 and .pt; clam: <out>/h5_files/ and <out>/pt_files/ as CLAM expects.")
+def export_features(stores, encoder, out, fmt, layout):
+    """Write the features of STORES as HDF5 and .pt bags, so other MIL code can use them."""
+    from ..pipeline.export import export_batch
+    from ..pipeline.inputs import collect_stores
+
+    formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
+    outcomes = export_batch(collect_stores(stores), encoder, out, formats, layout=layout, reporter=reporter())
+    summary_table("export", outcomes, list(formats))
+    exit_for(outcomes)

@@ -1,0 +1,134 @@
+"""Commands on slide files: ``info``, ``synth``, ``tile``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ._common import (err, exit_for, fail, out, reporter, scheduler_option, stain_option, stain_reference_option,
+                      summary_table, tiling_options)
+
+__all__ = ["info", "synth", "tile"]
+
+
+@click.command()
+@click.argument("slides", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (a list of slide descriptions).")
+@click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
+@click.option("--backend", type=click.Choice(["auto", "openslide", "tiffslide", "pil"]), default="auto",
+              show_default=True, help="Reader to use.")
+def info(slides, as_json, mpp, backend):
+    """Show the properties of SLIDES (files, folders or globs).
+
+    One row per slide; a file that cannot be opened gets one line saying why, and the exit status is 1.
+    """
+    from ..pipeline.info import describe_slides
+    from ..pipeline.inputs import collect_inputs
+
+    described, failed = describe_slides(collect_inputs(slides), mpp=mpp, backend=backend)
+    if as_json:
+        click.echo(json.dumps({"slides": described, "failed": failed}, indent=2, default=str))
+    else:
+        if described:
+            t = Table(title=f"{len(described)} slide(s)")
+            for col in ("slide", "vendor", "backend", "size (w×h)", "levels", "downsamples", "µm/px", "objective",
+                        "associated"):
+                t.add_column(col, overflow="fold")
+            for d in described:
+                mpp_txt = (f"{d['mpp']:.4g} ({d['mpp_source']})" if d["mpp"] is not None
+                           else "[yellow]unknown (pass --mpp)[/yellow]")
+                t.add_row(Path(d["path"]).name, str(d["vendor"] or "-"), d["backend"],
+                          "×".join(map(str, d["dimensions"])), str(d["level_count"]),
+                          ", ".join(f"{lv['downsample']:.4g}" for lv in d["levels"]), mpp_txt,
+                          f"{d['objective_power']:g}x" if d["objective_power"] else "-",
+                          ", ".join(d["associated_images"]) or "-")
+            out.print(t)
+        for f in failed:
+            err.print(f"[red]✗[/red] {f['error']}")
+    if failed:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--dataset", is_flag=True, help="Write a CAMELYON16-like set (normal_001.svs, tumor_001.svs …, "
+              "labels.csv, annotations/) into the folder OUT instead of one slide.")
+@click.option("--normal", "n_normal", default=10, show_default=True, help="Dataset mode: slides without tumour.")
+@click.option("--tumor", "n_tumor", default=10, show_default=True, help="Dataset mode: slides with tumour.")
+@click.option("--width", default=8192, show_default=True, help="Level-0 width in pixels.")
+@click.option("--height", default=8192, show_default=True, help="Level-0 height in pixels.")
+@click.option("--mpp", default=0.25, show_default=True, help="Level-0 µm/px (0.25 = 40x, 0.5 = 20x).")
+@click.option("--with-tumor/--no-tumor", default=False, help="Single slide: paint tumour regions.")
+@click.option("--pen/--no-pen", default=False, help="Draw blue/green/black pen marks.")
+@click.option("--seed", default=0, show_default=True, help="Same seed, same slide.")
+def synth(out, dataset, n_normal, n_tumor, width, height, mpp, with_tumor, pen, seed):
+    """Write synthetic H&E-like slides (Aperio SVS that OpenSlide and tiffslide read), with ground truth.
+
+    Tumour outlines are written as ASAP XML and QuPath GeoJSON next to the slide.
+    """
+    from ..synth import SynthConfig, write_synthetic_dataset, write_synthetic_slide
+
+    cfg = SynthConfig(width=width, height=height, mpp=mpp, tumor=with_tumor, pen_marks=pen, seed=seed)
+    progress = reporter()
+    if dataset:
+        n = n_normal + n_tumor
+        with progress.task(f"synthesise {n} slides", n) as t:
+            labels = write_synthetic_dataset(out, n_normal, n_tumor, config=cfg, seed=seed,
+                                             progress=lambda i, n_, name: t.update(i, n_))
+        click.echo(f"wrote {n} slides and {labels}")
+    else:
+        if out.suffix.lower() not in (".svs", ".tif", ".tiff"):
+            fail(f"{out}: a single synthetic slide needs a .svs or .tif name (or pass --dataset for a folder)")
+        res = write_synthetic_slide(out, cfg)
+        click.echo(f"wrote {res.path} ({res.width}×{res.height} px at {res.mpp} µm/px)")
+        for extra in (res.xml_path, res.geojson_path):
+            if extra:
+                click.echo(f"  ground truth: {extra}")
+
+
+@click.command()
+@click.argument("slides", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder of slide stores.")
+@tiling_options
+@click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
+@click.option("--save-patches/--no-save-patches", default=True, show_default=True,
+              help="Store RGB patches (otherwise only coordinates; embedding then reads the slide).")
+@click.option("--workers", type=int, default=None,
+              help="Local workers per slide: processes on Linux, threads elsewhere (default: CPU cores).")
+@stain_option("Normalise the stored patches (stain estimated once per slide).")
+@stain_reference_option
+@scheduler_option(
+              help="Address of a dask.distributed scheduler (tcp://host:8786) to run the batch on, one task per "
+                   "slide, or 'local' for a local cluster on 127.0.0.1; the slides and --out must be on a file "
+                   "system the workers share. Default: local workers.")
+@click.option("--roi", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Only tile inside these regions: a QuPath GeoJSON / ASAP XML file for every slide, or a folder "
+                   "of <slide_id>.geojson/.xml files.")
+@click.option("--export-tissue", is_flag=True, help="Also write <slide_id>.tissue.geojson (QuPath class Tissue).")
+@click.option("--overwrite", is_flag=True, help="Rebuild stores made from another slide or other parameters.")
+def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, mpp, save_patches, workers, stain,
+         stain_reference, scheduler, roi, export_tissue, overwrite):
+    """Segment tissue and cut SLIDES (files, folders, globs or a manifest CSV) into tiles in Zarr stores.
+
+    Re-running finishes interrupted stores and skips complete ones.
+    """
+    # Before numpy loads: OpenBLAS would start a thread per core that spins for a while, taken from the
+    # tiler's own workers, and tiling makes no BLAS call worth a thread (an explicit user setting is kept).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from ..pipeline.inputs import collect_inputs
+    from ..pipeline.tile import tile_batch
+    from ..tiling.grid import TilingParams
+
+    params = TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap, min_tissue=min_tissue)
+    outcomes = tile_batch(collect_inputs(slides, mpp=mpp), out, params, save_patches=save_patches,
+                          overwrite=overwrite, workers=workers, scheduler=scheduler,
+                          stain=stain, stain_reference=stain_reference,
+                          roi=roi, export_tissue=export_tissue, reporter=reporter())
+    summary_table("tiling", outcomes, ["tiles", "tissue_mm2", "action"])
+    click.echo(f"run record: {out / 'run-tile.json'}")
+    exit_for(outcomes)

@@ -1,0 +1,310 @@
+"""CAMELYON16-style benchmark runs: slide AUC with a bootstrap CI and the official lesion FROC, in one call.
+
+tile (→ stain) → embed → cross-validated MIL on the training slides → predict the test slides → slide AUC, accuracy,
+lesion detections → FROC → ROC/FROC plots, a JSON record and a Markdown report that pins what is needed to
+reproduce the run (software versions, encoder and weights, tiling, seeds, splits). Every stage resumes: stores,
+features and the checkpoint are reused when they already match.
+
+Inputs: a folder holding ``manifest.csv`` or ``labels.csv`` (columns ``slide``, ``label``, optional ``split``,
+``annotation``), a CAMELYON16 folder (``training/normal``, ``training/tumor``, ``testing/images`` with
+``testing/reference.csv``, lesion XMLs in ``lesion_annotations``/``training/lesion_annotations``/
+``testing/lesion_annotations``), or a manifest CSV. Without a ``test`` split, the last 40 % of each class is held out.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..annotations import point_features, write_geojson
+from ..errors import ConfigError
+from ..evaluation import binary_metrics, plot_froc, plot_roc
+from ..evaluation.plots import FROC_KEYS
+from ..evaluation.detections import detections_from_tiles, write_detections_csv
+from ..evaluation.froc_files import evaluate_froc_dirs
+from ..fileio import atomic_write, strict_json, write_json
+from ..mil import TrainConfig
+from ..mil.checkpoint import load_checkpoint
+from ..store import SlideStore
+from ..tiling.grid import TilingParams
+from .embed import embed_batch
+from .inputs import SlideInput, collect_inputs, store_paths
+from .predict import describe_rows, predict_stores, write_predictions_csv
+from .reporting import QuietReporter, Reporter
+from .tile import tile_batch
+from .train import train_from_stores
+
+
+
+@dataclass
+class BenchConfig:
+    """Everything that decides a benchmark's numbers (recorded in its report)."""
+
+    encoder: str = "handcrafted"
+    weights: str = "none"
+    head: str = "abmil"
+    folds: int = 5
+    epochs: int = 30
+    lr: float = 2e-4
+    seed: int = 0
+    test_fraction: float = 0.4
+    stain: str | None = None
+    device: str = "cpu"
+    scheduler: str | None = None
+    min_detection_score: float = 0.5
+    nms_radius_um: float = 200.0
+    tiling: TilingParams = field(default_factory=TilingParams)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "tiling": self.tiling.to_dict()}
+
+
+@dataclass
+class BenchResult:
+    out_dir: Path
+    auc: dict
+    metrics: dict
+    froc: dict | None
+    report: Path
+    record: Path
+    checkpoint: Path
+    predictions_csv: Path
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+def assign_holdout(inputs: list[SlideInput], test_fraction: float) -> list[SlideInput]:
+    """Give slides without a split one: the last ``test_fraction`` of each class (in name order) is "test"."""
+    if any(it.split for it in inputs):
+        for it in inputs:
+            it.split = (it.split or "train").lower()
+        return inputs
+    for label in sorted({it.label for it in inputs if it.label is not None}):
+        group = sorted((it for it in inputs if it.label == label), key=lambda it: it.slide_id)
+        n_test = int(round(len(group) * test_fraction))
+        for i, it in enumerate(group):
+            it.split = "test" if i >= len(group) - n_test else "train"
+    return inputs
+
+
+def _camelyon_inputs(root: Path) -> list[SlideInput]:
+    exts = {".tif", ".tiff", ".svs"}
+    ann_dirs = [root / "lesion_annotations", root / "training" / "lesion_annotations",
+                root / "testing" / "lesion_annotations"]
+
+    def annotation(stem: str) -> Path | None:
+        for d in ann_dirs:
+            for ext in (".xml", ".geojson", ".json"):
+                if (d / f"{stem}{ext}").is_file():
+                    return d / f"{stem}{ext}"
+        return None
+
+    items = []
+    for sub, label in (("normal", 0), ("tumor", 1)):
+        for p in sorted((root / "training" / sub).glob("*")):
+            if p.suffix.lower() in exts:
+                items.append(SlideInput(p, p.stem, label, "train", annotation(p.stem)))
+    ref = root / "testing" / "reference.csv"
+    labels = {}
+    if ref.is_file():
+        with open(ref, newline="") as f:
+            for row in csv.reader(f):
+                if row:
+                    labels[row[0].strip().lower()] = 1 if row[1].strip().lower() == "tumor" else 0
+    for p in sorted((root / "testing" / "images").glob("*")):
+        if p.suffix.lower() in exts:
+            items.append(SlideInput(p, p.stem, labels.get(p.stem.lower()), "test", annotation(p.stem)))
+    return items
+
+
+def benchmark_inputs(source: str | os.PathLike) -> list[SlideInput]:
+    """Slides of a benchmark from a folder (manifest/labels CSV or CAMELYON16 layout) or a manifest CSV."""
+    source = Path(source)
+    if source.is_file():
+        return collect_inputs([source])
+    for name in ("manifest.csv", "labels.csv"):
+        if (source / name).is_file():
+            return collect_inputs([source / name])
+    if (source / "training").is_dir():
+        return _camelyon_inputs(source)
+    raise ConfigError(f"{source}: no manifest.csv/labels.csv and no CAMELYON16 layout (training/, testing/)")
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+def _lesion_confidence(store: SlideStore, model_name: str, probability: float) -> np.ndarray:
+    # Tile-level tumour confidence for detections: where the model looked (attention, normalised per slide),
+    # scaled by how sure it is that the slide holds tumour at all, so normal slides yield weak detections.
+    return store.read_scores(model_name)[:, 1] * probability
+
+
+def write_detections(stores: list[Path], rows: list[dict], model_name: str, out_dir: Path, config: BenchConfig,
+                     ) -> dict[str, Path]:
+    """Official ``confidence,X,Y`` CSVs (and QuPath point files) of lesion detections for every test slide."""
+    probs = {r["slide_id"]: r["calibrated_probability"] for r in rows}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for path in stores:
+        store = SlideStore.open(path)
+        sid = store.slide_id
+        if sid not in probs:
+            continue
+        conf = _lesion_confidence(store, model_name, probs[sid])
+        # FROC sweeps every threshold, so the CSV keeps all local maxima (above a floor that drops the zeros);
+        # the QuPath points keep only the confident ones.
+        pts, c = detections_from_tiles(store.coords, store.tiling["extent0"], conf, min_score=1e-3,
+                                       nms_radius_um=config.nms_radius_um, mpp=store.slide["mpp"])
+        written[sid] = write_detections_csv(out_dir / f"{sid}.csv", pts, c)
+        bx, by, bw, bh = store.slide["bounds"]
+        keep = c >= config.min_detection_score
+        write_geojson(out_dir / f"{sid}.points.geojson",
+                      point_features(pts[keep], c[keep], offset=(bx, by), slide_size=(bw, bh)))
+    return written
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"slidestream": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "timm", "zarr", "dask", "openslide-python", "openslide-bin", "tiffslide", "numpy",
+                "scikit-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | os.PathLike,
+                  config: BenchConfig | None = None, *, reporter: Reporter | None = None) -> BenchResult:
+    """Run a whole CAMELYON16-style benchmark into ``out_dir`` (resumable at every stage)."""
+    t0 = time.perf_counter()
+    config = config or BenchConfig()
+    reporter = reporter or QuietReporter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = source if isinstance(source, list) else benchmark_inputs(source)
+    inputs = assign_holdout(inputs, config.test_fraction)
+    train = [it for it in inputs if it.split != "test" and it.label is not None]
+    test = [it for it in inputs if it.split == "test"]
+    if not train or not test:
+        raise ConfigError(f"a benchmark needs labelled training slides and test slides (have {len(train)} "
+                          f"train, {len(test)} test)")
+
+    stores_dir = out_dir / "stores"
+    tile_batch(inputs, stores_dir, config.tiling, stain=config.stain, scheduler=config.scheduler, reporter=reporter)
+    embed_batch(store_paths(stores_dir, [it.slide_id for it in inputs if (stores_dir / f"{it.slide_id}.zarr").exists()]),
+                config.encoder, weights=config.weights, device=config.device, scheduler=config.scheduler,
+                reporter=reporter)
+
+    checkpoint = out_dir / "model"
+    train_cfg = TrainConfig(head=config.head, epochs=config.epochs, lr=config.lr, seed=config.seed,
+                            device=config.device, patience=None)
+    fingerprint = hashlib.sha256(json.dumps({"config": config.to_dict(),
+                                             "train": sorted(it.slide_id for it in train)},
+                                            sort_keys=True).encode()).hexdigest()[:16]
+    done = False
+    if (checkpoint / "config.json").is_file():
+        _, _, meta = load_checkpoint(checkpoint)
+        done = meta.get("bench_fingerprint") == fingerprint
+    if done:
+        reporter.log(f"checkpoint {checkpoint} is up to date: training skipped")
+    else:
+        train_from_stores(train, stores_dir, config.encoder, checkpoint, train_cfg, folds=config.folds,
+                          meta={"bench_fingerprint": fingerprint}, reporter=reporter)
+
+    test_stores = [p for p in store_paths(stores_dir, [it.slide_id for it in test]) if p.exists()]
+    model_name = "bench"
+    rows, _ = predict_stores(test_stores, checkpoint, model_name=model_name, reporter=reporter)
+    describe_rows(rows, test)
+    predictions_csv = write_predictions_csv(out_dir / "predictions.csv", rows)
+    labelled = [r for r in rows if r.get("label") is not None]
+    y = np.array([r["label"] for r in labelled])
+    p = np.array([r["calibrated_probability"] for r in labelled])
+    metrics = binary_metrics(y, p, n_bootstrap=1000, seed=config.seed)
+    auc = {k: metrics[k] for k in ("auc", "auc_ci_low", "auc_ci_high", "auc_defined")}
+    plot_roc(y, p, out_dir / "roc.png", title=f"{config.encoder} + {config.head}: test slides", seed=config.seed)
+
+    froc = None
+    annotated = {it.slide_id: it.annotation for it in test if it.annotation}
+    if annotated:
+        det_dir = out_dir / "detections"
+        write_detections(test_stores, rows, model_name, det_dir, config)
+        gt_dir = out_dir / "ground_truth"
+        gt_dir.mkdir(exist_ok=True)
+        for sid, ann in annotated.items():
+            target = gt_dir / f"{sid}{''.join(Path(ann).suffixes)}"
+            if not target.exists():
+                target.write_bytes(Path(ann).read_bytes())
+        sizes = {SlideStore.open(s).slide_id: tuple(SlideStore.open(s).slide["dimensions"]) for s in test_stores}
+        mpps = {SlideStore.open(s).slide["mpp"] for s in test_stores}
+        froc = evaluate_froc_dirs(det_dir, gt_dir, mpp=float(np.mean(list(mpps))), slide_sizes=sizes)
+        plot_froc(froc, out_dir / "froc.png")
+
+    seconds = time.perf_counter() - t0
+    weights_file = checkpoint / "model.safetensors"
+    record = write_json(out_dir / "bench.json", strict_json({
+        "software": _versions(),
+        "config": config.to_dict(),
+        "checkpoint": {"path": str(checkpoint), "sha256": _file_hash(weights_file)},
+        "encoder_weights": json.loads((checkpoint / "config.json").read_text()).get("meta", {}).get(
+            "feature_attrs", {}).get("weights"),
+        "splits": {"train": [it.slide_id for it in train], "test": [it.slide_id for it in test]},
+        "metrics": metrics,
+        "froc": None if froc is None else {k: froc[k] for k in ("sensitivity", "froc", "defined")},
+        "predictions": rows,
+        "seconds": seconds,
+    }))
+    report = _write_report(out_dir, config, metrics, froc, rows, seconds, record)
+    return BenchResult(out_dir=out_dir, auc=auc, metrics=metrics, froc=froc, report=report, record=record,
+                       checkpoint=checkpoint, predictions_csv=predictions_csv, seconds=seconds)
+
+
+def _write_report(out_dir: Path, config: BenchConfig, metrics: dict, froc: dict | None, rows: list[dict],
+                  seconds: float, record: Path) -> Path:
+    rec = json.loads(record.read_text())
+    f = lambda v: "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"  # noqa: E731
+    lines = [
+        "# slidestream benchmark report",
+        "",
+        f"- **slide AUC {f(metrics['auc'])}** (95 % bootstrap CI {f(metrics['auc_ci_low'])}–{f(metrics['auc_ci_high'])}),"
+        f" accuracy {f(metrics.get('accuracy'))}, balanced accuracy {f(metrics.get('balanced_accuracy'))}, "
+        f"{metrics['n']} test slides ({metrics['n_pos']} tumour)",
+    ]
+    if froc is not None:
+        sens = ", ".join(f"{k} FP: {f(froc['sensitivity'][k])}" for k in FROC_KEYS)
+        lines.append(f"- **lesion FROC {f(froc['froc'])}** ({sens})")
+    lines += [
+        f"- encoder `{config.encoder}` (weights: {rec.get('encoder_weights')}), head `{config.head}`, "
+        f"{config.folds}-fold CV, {config.epochs} epochs, lr {config.lr}, seed {config.seed}",
+        f"- tiling: {config.tiling.tile_size} px at {config.tiling.mpp} µm/px, min tissue {config.tiling.min_tissue},"
+        f" stain {config.stain or 'none'}",
+        f"- checkpoint sha256 {rec['checkpoint']['sha256'][:16]}…; software: "
+        + ", ".join(f"{k} {v}" for k, v in rec["software"].items() if v),
+        f"- time {seconds:.0f} s; plots: `roc.png`" + (", `froc.png`" if froc is not None else "")
+        + "; record: `bench.json`; predictions: `predictions.csv`",
+        "",
+        "| slide | label | P(tumour) | calibrated | spread |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['slide_id']} | {r.get('label', '')} | {r['probability']:.3f} | "
+                     f"{r['calibrated_probability']:.3f} | {r['uncertainty']:.3f} |")
+    return atomic_write(out_dir / "report.md", "\n".join(lines) + "\n")

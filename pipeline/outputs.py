@@ -1,0 +1,108 @@
+"""Per-slide outputs from stored scores: QuPath GeoJSON (tiles with measurements, tissue, high-score regions) and
+PNG heatmaps, for one store or a batch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..annotations import region_features, tile_features, tumor_regions, write_geojson
+from ..errors import ConfigError
+from ..store import SlideStore
+from ..tiling.regions import tissue_polygons
+from ..viz.heatmap import render_heatmap
+from ..wsi import open_slide
+from .predict import predict_stores
+from .records import SlideOutcome
+from .reporting import QuietReporter, Reporter
+from .runner import run_per_slide
+
+__all__ = ["TISSUE_COLOR", "heatmap_batch", "write_slide_outputs"]
+
+TISSUE_COLOR = (80, 200, 120)
+
+
+def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.PathLike, *,
+                        slide_path: str | os.PathLike | None = None, probability: float | None = None,
+                        threshold: float | None = None, mpp: float | None = None,
+                        formats: tuple[str, ...] = ("geojson", "png"), column: str | None = None) -> dict[str, Path]:
+    """QuPath GeoJSON and/or a PNG heatmap of the per-tile scores ``scores/<model_name>`` of one store.
+
+    The GeoJSON holds one ``tile`` per tile with every score column as a measurement, the tissue outline
+    (class ``Tissue``) and, with ``threshold``, the merged regions where ``column`` reaches it (class ``Tumor``,
+    name "High attention"). Coordinates are level-0 pixels of the slide as QuPath opens it: OpenSlide bounds
+    offsets (MRXS) are subtracted and everything is clipped to the slide. The PNG draws ``column`` (default: the
+    normalised attention when present, else the first column) over the thumbnail.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = SlideStore.open(store_path)
+    scores = store.read_scores(model_name)
+    names = list(store.group[f"scores/{model_name}"].attrs.get("columns", []))
+    if len(names) != scores.shape[1]:
+        names = [f"score_{i}" for i in range(scores.shape[1])]
+    column = column or ("attention_normalized" if "attention_normalized" in names else names[0])
+    if column not in names:
+        raise ConfigError(f"{store.path}: scores/{model_name} has no column {column!r} (have: {', '.join(names)})")
+    values = scores[:, names.index(column)]
+    coords = store.coords
+    extent0 = float(store.tiling["extent0"])
+    bx, by, bw, bh = store.slide["bounds"]
+    tile0 = int(round(extent0))
+    tissue = tissue_polygons(store)
+    paths: dict[str, Path] = {}
+    if "geojson" in formats:
+        features = tile_features(coords, tile0, {n: scores[:, i] for i, n in enumerate(names)},
+                                 offset=(bx, by), slide_size=(bw, bh))
+        features += region_features(tissue, "Tissue", TISSUE_COLOR, name="Tissue", offset=(bx, by),
+                                    slide_size=(bw, bh), locked=True)
+        if threshold is not None:
+            for poly, stats in tumor_regions(coords, tile0, values, threshold, mpp=store.slide["mpp"]):
+                features += region_features(poly, "Tumor", (200, 0, 0), name="High attention",
+                                            measurements=stats, offset=(bx, by), slide_size=(bw, bh))
+        paths["geojson"] = write_geojson(out_dir / f"{store.slide_id}.geojson", features, check=True,
+                                         slide_size=(bw, bh))
+    if "png" in formats:
+        src = slide_path or store.slide["path"]
+        override = mpp if mpp is not None else (
+            store.slide["mpp"] if store.slide.get("mpp_source") == "override" else None)
+        with open_slide(src, mpp=override) as slide:
+            thumb = slide.thumbnail(1024)
+            w0, h0 = slide.dimensions
+        ds = (w0 / thumb.shape[1], h0 / thumb.shape[0])
+        title = store.slide_id + (f" — P(tumour) = {probability:.3f}" if probability is not None else "")
+        outlines = [np.asarray(r.coords) for p in tissue.geoms for r in [p.exterior, *p.interiors]]
+        unit = (0.0, 1.0) if column.endswith("normalized") or column.endswith("probability") else (None, None)
+        paths["heatmap"] = render_heatmap(thumb, ds, coords, extent0, values,
+                                          out_dir / f"{store.slide_id}.heatmap.png", title=title,
+                                          label=column.replace("_", " "), outlines=outlines,
+                                          vmin=unit[0], vmax=unit[1])
+    return paths
+
+
+def heatmap_batch(stores: list[Path], out_dir: str | os.PathLike, *, model_name: str | None = None,
+                  checkpoint: str | os.PathLike | None = None, formats: tuple[str, ...] = ("geojson", "png"),
+                  threshold: float | None = None, column: str | None = None,
+                  reporter: Reporter | None = None) -> list[SlideOutcome]:
+    """GeoJSON/PNG heatmaps for many stores, from stored ``scores/<model_name>``, or computed first from the
+    stores' features with ``checkpoint`` (heatmaps from already-extracted features)."""
+    reporter = reporter or QuietReporter()
+    probs: dict[str, float] = {}
+    if checkpoint is not None:
+        model_name = model_name or Path(checkpoint).name
+        rows, outcomes = predict_stores(stores, checkpoint, model_name=model_name, reporter=reporter)
+        probs = {r["slide_id"]: r["calibrated_probability"] for r in rows}
+        stores = [p for p, o in zip(stores, outcomes) if o.status != "failed"]
+    if not model_name:
+        raise ConfigError("name the scores to draw with --model NAME (see scores/ in the stores), or pass "
+                          "--checkpoint to compute them from the stores' features")
+
+    def one(path: Path) -> dict:
+        sid = path.name.removesuffix(".zarr")
+        paths = write_slide_outputs(path, model_name, out_dir, probability=probs.get(sid), threshold=threshold,
+                                    formats=formats, column=column)
+        return {k: str(v) for k, v in paths.items()}
+
+    return run_per_slide(stores, "heatmap", one, reporter, label=lambda p: p.name.removesuffix(".zarr"), path=str)

@@ -1,0 +1,151 @@
+"""The tiling stage over a batch: every slide into ``<out>/<slide_id>.zarr``, locally or on a cluster."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..tiling.grid import TilingParams
+from .cluster import where_am_i
+from .inputs import SlideInput
+from .records import SlideOutcome, slide_lock
+from .reporting import QuietReporter, Reporter
+from .runner import run_stage
+
+__all__ = ["make_normalizer", "tile_batch", "tile_slide_job"]
+
+
+def make_normalizer(method: str | None, reference: str | os.PathLike | None = None):
+    """A stain normaliser fitted to ``reference`` (an RGB image file; None or "default": the built-in H&E
+    reference), or None when ``method`` is None or "none"."""
+    if method is None or method.lower() == "none":
+        return None
+    from PIL import Image
+
+    from ..stain import get_normalizer  # torch: only when a stain is asked for
+
+    norm = get_normalizer(method)
+    if reference not in (None, "default"):
+        try:
+            with Image.open(reference) as im:
+                norm.fit(np.asarray(im.convert("RGB")))
+        except OSError as exc:
+            raise ConfigError(f"{reference}: cannot read the stain reference image ({exc})") from exc
+    return norm
+
+
+def tile_batch(
+    inputs: list[SlideInput],
+    out_dir: str | os.PathLike,
+    params: TilingParams,
+    *,
+    save_patches: bool = True,
+    overwrite: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    stain: str | None = None,
+    stain_reference: str | None = None,
+    roi: str | os.PathLike | None = None,
+    export_tissue: bool = False,
+    reporter: Reporter | None = None,
+) -> list[SlideOutcome]:
+    """Tile every slide into ``<out_dir>/<slide_id>.zarr``; writes ``run-tile.json``.
+
+    ``roi`` restricts tiling to annotated regions: one annotation file for every slide, or a folder holding
+    ``<slide_id>.geojson``/``.xml``/``.json`` per slide (slides without one are tiled whole). ``export_tissue``
+    writes each slide's tissue outline as ``<slide_id>.tissue.geojson`` for QuPath.
+
+    ``stain`` ("macenko", "reinhard", "vahadane" or None) normalises the stored patches, fitted per slide;
+    ``scheduler`` (an address, or "local") runs the batch on a ``dask.distributed`` cluster, one task per slide.
+    """
+    reporter = reporter or QuietReporter()
+    out_dir = Path(out_dir)
+
+    def roi_for(it: SlideInput):
+        if roi is None:
+            return None
+        from ..tiling.regions import roi_from_file
+
+        path = Path(roi)
+        if path.is_dir():
+            found = [path / f"{it.slide_id}{ext}" for ext in (".geojson", ".geojson.gz", ".xml", ".json")]
+            found = [f for f in found if f.is_file()]
+            return roi_from_file(found[0]) if found else None
+        return roi_from_file(path)
+
+    options = {"save_patches": save_patches, "overwrite": overwrite, "stain": stain,
+               "stain_reference": stain_reference, "export_tissue": export_tissue}
+    record_params = {**params.to_dict(), "save_patches": save_patches, "stain": stain,
+                     "stain_reference": stain_reference, "scheduler": scheduler, "roi": str(roi) if roi else None}
+    if scheduler:
+        out_dir = out_dir.resolve()
+    # The first slide's tissue is segmented by a forked helper while this process imports the store and the tiler
+    # (Zarr, Dask), which is why those are imported where they are used: with several workers, start-up is shorter.
+    early = None
+    if not scheduler and inputs and (overwrite or not (out_dir / f"{inputs[0].slide_id}.zarr").exists()):
+        from ..tiling.overview import start_tissue_mask
+
+        early = start_tissue_mask(inputs[0].path, params, mpp=inputs[0].mpp, workers=workers)
+
+    def one(it: SlideInput) -> dict:
+        with reporter.task(f"tile {it.slide_id}", None) as t:
+            return tile_slide_job(it.path, out_dir, params, it.slide_id, it.mpp, roi_for(it), workers, options,
+                                  progress=lambda d, n: t.update(d, n), tissue=early if it is inputs[0] else None)
+
+    try:
+        return run_stage(inputs, "tile", one, reporter=reporter, scheduler=scheduler, cluster_job=tile_slide_job,
+                         cluster_args=lambda it: (str(Path(it.path).resolve()), str(out_dir), params, it.slide_id,
+                                                  it.mpp, roi_for(it), workers or 1, options),
+                         record_dir=out_dir, params=record_params)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params: TilingParams, slide_id: str,
+                   mpp: float | None, roi, workers: int | None, options: dict, progress=None, tissue=None) -> dict:
+    """Tile one slide under its lock: the unit of work of :func:`tile_batch`, locally or on a cluster worker.
+
+    Parameters
+    ----------
+    slide_path, out_dir : path
+        As seen by the process running the job (on a cluster: the worker's file system).
+    params : TilingParams
+    slide_id : str
+    mpp : float or None
+        Level-0 µm/px override.
+    roi : shapely geometry or None
+        Region of interest in level-0 pixels.
+    workers : int or None
+        Local workers inside this job (processes on Linux, else threads).
+    options : dict
+        ``save_patches``, ``overwrite``, ``stain``, ``stain_reference``, ``export_tissue`` of :func:`tile_batch`.
+    tissue : EarlyTissue, optional
+        The slide's tissue mask being computed by a helper process (see :func:`tile_slide`).
+
+    Returns
+    -------
+    dict
+        Outcome details: ``tiles``, ``tissue_mm2``, ``action``, ``chunks_written``, ``store``, ``worker`` and the
+        private ``_status``/``_seconds`` keys read by the batch runners.
+    """
+    from ..tiling.tiler import tile_slide  # Zarr and Dask: see tile_batch
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    with slide_lock(out_dir, slide_id):
+        res = tile_slide(slide_path, out_dir, params, mpp=mpp, save_patches=options["save_patches"],
+                                     overwrite=options["overwrite"], workers=workers,
+                                     stain=make_normalizer(options["stain"], options["stain_reference"]), roi=roi,
+                                     slide_id=slide_id, progress=progress, tissue=tissue)
+        if options["export_tissue"]:
+            from ..tiling.regions import write_tissue_geojson
+
+            write_tissue_geojson(res.store, out_dir / f"{slide_id}.tissue.geojson")
+    return {"tiles": res.n_tiles, "tissue_mm2": round(res.tissue_area_mm2, 3), "action": res.action,
+            "chunks_written": res.chunks_written, "store": str(res.store), "worker": where_am_i(),
+            "_status": "skipped" if res.action == "up-to-date" else "ok", "_seconds": time.perf_counter() - t0}

@@ -1,0 +1,12 @@
+"""The per-slide Zarr v3 store, ``<slide_id>.zarr``: the one data contract between the stages.
+
+The tiler writes coords, tissue fractions, patches and QC into it; embedding adds ``features/<encoder>``;
+prediction adds ``scores/<model>``. :mod:`slidestream.store.slide_store` documents the layout.
+"""
+
+from .codecs import JpegTileCodec
+from .slide_store import (DEFAULT_CHUNK_TILES, JPEG_CHUNK_TILES, SCHEMA_VERSION, JpegTiles, SlideIdentity, SlideStore,
+                          identity_dict, identity_of)
+
+__all__ = ["DEFAULT_CHUNK_TILES", "JPEG_CHUNK_TILES", "SCHEMA_VERSION", "JpegTileCodec", "JpegTiles", "SlideIdentity",
+           "SlideStore", "identity_dict", "identity_of"]

@@ -1,0 +1,80 @@
+"""`slidestream bench`: AUC + FROC + report on a synthetic CAMELYON-like set, and resuming without redoing work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from slidestream.pipeline.bench import assign_holdout, benchmark_inputs
+from slidestream.cli.main import main
+from slidestream.synth import SynthConfig, write_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-data")
+    cfg = SynthConfig(width=3072, height=3072, mpp=0.5, tumor_diameter_um=(400.0, 900.0))
+    write_synthetic_dataset(root, 5, 5, config=cfg, seed=1)
+    return root
+
+
+ARGS = ["--encoder", "handcrafted", "--weights", "none", "--folds", "2", "--epochs", "15"]
+
+
+def test_bench_reports_auc_froc_and_resumes(dataset, tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["bench", str(dataset), "--out", str(out), *ARGS])
+    assert r.exit_code == 0, r.output
+    assert "slide AUC" in r.output and "lesion FROC" in r.output
+    record = json.loads((out / "bench.json").read_text())
+    assert record["metrics"]["auc"] >= 0.75
+    assert set(record["froc"]["sensitivity"]) == {"0.25", "0.5", "1", "2", "4", "8"}
+    assert record["splits"]["test"] and not set(record["splits"]["test"]) & set(record["splits"]["train"])
+    assert record["software"]["slidestream"] and record["checkpoint"]["sha256"]
+    for name in ("report.md", "roc.png", "froc.png", "predictions.csv"):
+        assert (out / name).stat().st_size > 0
+    assert len(list((out / "detections").glob("*.csv"))) == len(record["splits"]["test"])
+    ckpt = out / "model" / "model.safetensors"
+    mtime = ckpt.stat().st_mtime_ns
+    again = CliRunner().invoke(main, ["bench", str(dataset), "--out", str(out), *ARGS])
+    assert again.exit_code == 0, again.output
+    tiles = json.loads((out / "stores" / "run-tile.json").read_text())
+    embeds = json.loads((out / "stores" / "run-embed.json").read_text())
+    assert tiles["counts"] == {"ok": 0, "skipped": 10, "failed": 0}
+    assert embeds["counts"] == {"ok": 0, "skipped": 10, "failed": 0}
+    assert ckpt.stat().st_mtime_ns == mtime, "training ran again"
+    assert json.loads((out / "bench.json").read_text())["metrics"]["auc"] == record["metrics"]["auc"]
+    st = CliRunner().invoke(main, ["status", str(out / "stores"), "--json"])
+    assert st.exit_code == 0, st.output
+    status = json.loads(st.output)
+    assert len(status["stores"]) == 10 and all(s["features"] == ["handcrafted"] for s in status["stores"])
+    assert status["runs"]["tile"]["counts"]["skipped"] == 10
+
+
+@pytest.mark.slow
+def test_bench_killed_at_random_points_finishes_on_rerun(dataset, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "slidestream.cli.main", "bench", str(dataset), "--out", str(out), *ARGS]
+    for delay in (4.0, 12.0):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    r = CliRunner().invoke(main, ["bench", str(dataset), "--out", str(out), *ARGS])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "bench.json").read_text())["metrics"]["auc"] >= 0.75
+
+
+def test_holdout_split_is_per_class_and_stable(dataset):
+    inputs = assign_holdout(benchmark_inputs(dataset), 0.4)
+    test = sorted(it.slide_id for it in inputs if it.split == "test")
+    assert test == ["normal_004", "normal_005", "tumor_004", "tumor_005"]
+    assert all(it.annotation is not None for it in inputs if it.label == 1)
