@@ -23,13 +23,11 @@ __all__ = ["SynthConfig", "render_synthetic_region"]
 _BAND = 256  # rows of level 0 whose nuclei come from one seed; fixed so results don't depend on tiling
 _TEX_PERIOD = 1024  # stroma texture period, pixels
 _LOW_PERIOD = 1000  # second, coprime-ish period so the sum of both textures hardly repeats
-_SPOOL_RAM_BYTES = 64 << 20  # reduced levels larger than this are spooled to a temporary file
 _PEN_INKS = {  # transmission of marker ink per RGB channel
     "blue": (0.22, 0.36, 0.80),
     "green": (0.22, 0.55, 0.33),
     "black": (0.13, 0.13, 0.15),
 }
-
 
 
 @dataclass
