@@ -14,7 +14,8 @@ Rules that keep the mapping right:
   ``.<kind>`` (the longer id wins); files that match no slide are reported, not imported;
 - PNG/JPEG files found by searching a folder are slides only when GeoJSON for them was found (heatmaps and plots
   sit next to the outputs); name them explicitly to add them anyway;
-- ``*.zarr`` stores are not searched inside; hidden folders and slidestream's temporary files are skipped.
+- ``*.zarr`` stores and QuPath project folders (the one being written included) are not searched; hidden
+  folders and slidestream's temporary files are skipped.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from ..annotations.qupath_project import (OPENSLIDE_PROVIDER, SCRIPT_FILE, ProjectImage, import_script,
-                                          write_project)
+from ..annotations.qupath_project import (OPENSLIDE_PROVIDER, PROJECT_FILE, SCRIPT_FILE, ProjectImage,
+                                          import_script, write_project)
 from ..errors import ConfigError, SlidestreamError
 from ..fileio import atomic_path, atomic_write, is_temp_name
 from .inputs import SLIDE_SUFFIXES, collect_inputs
@@ -84,12 +85,13 @@ def _is_store(path: Path) -> bool:
     return path.suffix == ".zarr" and (path / "zarr.json").is_file()
 
 
-def _search(folder: Path, found: _Found) -> None:
+def _search(folder: Path, found: _Found, skip: Path) -> None:
     for root, dirs, files in os.walk(folder):
         here = Path(root)
         keep = []
         for d in sorted(dirs):
-            if d.startswith("."):
+            # the project being written, and any other QuPath project: their GeoJSON are copies, not outputs
+            if d.startswith(".") or (here / d).resolve() == skip or (here / d / PROJECT_FILE).is_file():
                 continue
             if d.endswith(".zarr"):
                 if _is_store(here / d):
@@ -112,7 +114,9 @@ def _search(folder: Path, found: _Found) -> None:
                 found.slides.append((path, True))
 
 
-def _gather(args: Iterable[str | os.PathLike]) -> _Found:
+def _gather(args: Iterable[str | os.PathLike], skip: Path) -> _Found:
+    """Slides, manifests, stores and GeoJSON named by ``args``; folders are searched, except ``skip`` (the project
+    folder: its copies of the GeoJSON must not count twice)."""
     found = _Found()
     for raw in args:
         text = os.fspath(raw)
@@ -125,7 +129,7 @@ def _gather(args: Iterable[str | os.PathLike]) -> _Found:
             if _is_store(p):
                 found.stores.append(p)
             elif p.is_dir():
-                _search(p, found)
+                _search(p, found, skip)
             elif not p.exists():
                 raise ConfigError(f"{p}: no such file or folder; give slides, folders of slides or outputs, "
                                   "stores or a manifest CSV")
@@ -205,9 +209,13 @@ def _reader(path: Path, backend: str | None) -> tuple[str | None, str | None]:
 
 
 def _copy_into(project_dir: Path, slide_id: str, files: list[Path]) -> list[Path]:
-    out = []
+    out: list[Path] = []
     for f in files:
         target = project_dir / "slidestream" / slide_id / f.name
+        n = 1
+        while target in out:  # one name found in two output folders (say, run/ and heatmap/): keep both
+            n += 1
+            target = target.with_name(f"{n}-{f.name}")
         with atomic_path(target) as tmp:
             shutil.copyfile(f, tmp)
         out.append(target)
@@ -249,7 +257,7 @@ def make_qupath_project(inputs: Iterable[str | os.PathLike], out: str | os.PathL
     """
     reporter = reporter or QuietReporter()
     project_dir = Path(out).expanduser().resolve()
-    found = _gather(inputs)
+    found = _gather(inputs, project_dir)
     if not found.slides and not found.stores and not found.manifests:
         raise ConfigError("no slide found in the arguments: give the slides (files or folders), or the stores "
                           "(*.zarr) they were tiled into, next to the output folders")

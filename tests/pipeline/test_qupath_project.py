@@ -116,6 +116,20 @@ def test_copy_makes_a_self_contained_project(tmp_path, synth_slides, parse_groov
     assert listed == ["slidestream/s1/s1.tissue.geojson", "slidestream/s1/s1.geojson"]
     for rel, original in zip(listed, files):
         assert (res.project.parent / rel).read_bytes() == original.read_bytes()
+    # a project inside the searched folder: its copies do not count as outputs a second time
+    again = make_qupath_project([slide, results], results / "proj", copy=True)
+    (_, (_, listed)), = parse_groovy_imports(again.script.read_text(encoding="utf-8")).items()
+    assert listed == ["slidestream/s1/s1.tissue.geojson", "slidestream/s1/s1.geojson"]
+    rerun = make_qupath_project([slide, results], results / "proj", copy=True)
+    assert rerun.outcomes[0].details["geojson"] == 2 and rerun.unmatched == []
+    # the same name in two output folders: both files, under two names
+    (tmp_path / "maps").mkdir()
+    other = _outputs(tmp_path / "maps", "s1", ("",))[0]
+    both = make_qupath_project([slide, results, tmp_path / "maps"], tmp_path / "proj2", copy=True)
+    (_, (_, listed)), = parse_groovy_imports(both.script.read_text(encoding="utf-8")).items()
+    assert sorted(listed)[:2] == ["slidestream/s1/2-s1.geojson", "slidestream/s1/s1.geojson"]
+    copies = {(both.project.parent / rel).read_bytes() for rel in listed}
+    assert {files[1].read_bytes(), other.read_bytes()} <= copies
 
 
 def test_a_store_brings_its_slide_and_its_id(tmp_path, cmu_slide, check_qpproj, parse_groovy_imports):
