@@ -42,19 +42,24 @@ def embed(stores, encoder, weights, device, batch_size, stain, stain_reference, 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
 def encoders(as_json):
-    """List the encoder presets: hub id, embedding dimension, input size, normalisation, licence."""
+    """List the encoder presets: hub id, embedding dimension, input size, pooling, µm/px, licence, gating.
+
+    "gated: yes" means the hub repository asks you to accept its terms first: do so on its page, then log in
+    (`hf auth login`) before `--weights hub`.
+    """
     from ..models import list_encoders_table
 
     rows = list_encoders_table()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    columns = ("name", "hub_id", "embed_dim", "input_size", "pooling", "mpp", "dtype", "license", "gated")
     t = Table(title="encoder presets (any timm model name works too)")
-    for c in ("name", "hub_id", "embed_dim", "input_size", "pooling", "dtype", "license"):
+    for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*(str(r.get(c) if r.get(c) is not None else "-") for c in
-                    ("name", "hub_id", "embed_dim", "input_size", "pooling", "dtype", "license")))
+        cells = {**r, "gated": "yes" if r["gated"] else "no"}
+        t.add_row(*(str(cells.get(c) if cells.get(c) is not None else "-") for c in columns))
     out.print(t)
 
 

@@ -19,6 +19,7 @@ from ._common import fail
 from .classify import heatmap, predict, run, train
 from .evaluate import bench, demo, evaluate, status
 from .features import embed, encoders, export_features
+from .qupath import qupath_project
 from .slides import info, synth, tile
 
 
@@ -51,6 +52,7 @@ def main():
 for _command in (info, synth, tile, embed, encoders, export_features, train, predict, run, heatmap, status, evaluate,
                  demo, bench):
     main.add_command(_command)
+main.add_command(qupath_project)
 
 
 def console() -> None:

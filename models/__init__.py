@@ -21,7 +21,7 @@ _WHERE = {
     "Encoder": "encoder", "create_encoder": "encoder", "pool_features": "encoder",
     "HANDCRAFTED_FEATURE_NAMES": "handcrafted", "HandcraftedEncoder": "handcrafted",
     "handcrafted_features": "handcrafted",
-    "RandomWeightsWarning": "weights", "load_state_dict_file": "weights",
+    "RandomWeightsWarning": "weights", "load_state_dict_file": "weights", "check_weights": "weights",
 }
 
 
@@ -34,6 +34,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "BACKEND_TRAITS", "BackendTraits", "Encoder", "EncoderPreset", "HANDCRAFTED_FEATURE_NAMES", "HandcraftedEncoder",
-    "RandomWeightsWarning", "create_encoder", "get_preset", "handcrafted_features", "list_encoders",
+    "RandomWeightsWarning", "check_weights", "create_encoder", "get_preset", "handcrafted_features", "list_encoders",
     "list_encoders_table", "load_state_dict_file", "pool_features", "register_encoder",
 ]

@@ -53,7 +53,9 @@ def pool_features(features: Tensor, pooling: str, num_prefix_tokens: int = 1) ->
         tokens) or a CNN feature map ``(B, C, H, W)``.
     pooling : str
         ``"cls"``: class token ``(B, D)``; ``"mean"``: mean of patch tokens ``(B, D)``; ``"cls+mean"``: both
-        concatenated ``(B, 2D)``; ``"avg"``: spatial mean of a feature map ``(B, C)`` (or of patch tokens).
+        concatenated ``(B, 2D)``; ``"avg"``: spatial mean of an NCHW feature map ``(B, C)`` (or of patch
+        tokens). Channels-last maps (timm's Swin, ``(B, H, W, C)``) cannot be told apart from NCHW by shape:
+        their presets use ``"head"``, timm's own pooling, which :class:`Encoder` applies instead.
     num_prefix_tokens : int
         Class plus register tokens, skipped by the patch-token mean.
 
@@ -186,8 +188,8 @@ class Encoder(nn.Module):
             return self.backbone(x)
         z = self.preprocess(x)
         with self._autocast():
-            if self.preset.pooling == "head":
-                out = self.backbone(z)  # timm's own pooling head (num_classes=0)
+            if self.preset.pooling in ("head", "attn-pool"):
+                out = self.backbone(z)  # timm's pooling head (num_classes=0), or the preset's head module
             else:
                 out = pool_features(self.backbone.forward_features(z), self.preset.pooling, self.num_prefix_tokens)
         return out.float()

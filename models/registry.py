@@ -24,9 +24,10 @@ from typing import Any, Callable, Mapping
 from ..errors import ConfigError
 
 #: How token/feature-map outputs become one vector per tile.
-POOLINGS = ("cls", "cls+mean", "mean", "avg", "head", "none")
+POOLINGS = ("cls", "cls+mean", "mean", "avg", "head", "attn-pool", "none")
 DTYPES = ("bfloat16", "float16", "float32")
 BACKENDS = ("timm", "transformers", "handcrafted")
+HUB_REPO_TYPES = ("model", "dataset")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class EncoderPreset:
         ``"cls"`` (class token), ``"cls+mean"`` (class token concatenated with the mean of the patch tokens,
         register tokens skipped; Virchow, Midnight), ``"mean"`` (mean of patch tokens), ``"avg"`` (global average
         of a CNN feature map), ``"head"`` (timm's own pooling head, ``num_classes=0``; ad-hoc presets) or
+        ``"attn-pool"`` (an attention-pooling head on all tokens, the module named by ``head``; CONCH) or
         ``"none"`` (the backbone already returns ``(B, D)``; handcrafted).
     dtype : str
         Recommended compute dtype on GPU: ``"bfloat16"``, ``"float16"`` or ``"float32"``.
@@ -104,6 +106,20 @@ class EncoderPreset:
         Top-level submodules replaced by identities after creation (``resnet50-trunc`` drops ``layer4``).
     trust_remote_code : bool
         The transformers checkpoint ships its own modelling code (must be allowed explicitly).
+    head : str or None
+        Dotted name of a module class that wraps the timm trunk into the published model, called as
+        ``cls(trunk)`` (``"slidestream.models.conch.ConchV15Tower"``); its state-dict keys are those of the
+        published checkpoint and its ``forward`` returns the pooled ``(B, embed_dim)`` embedding.
+    hub_file : str or None
+        File inside the hub repository to download instead of letting timm pick ``model.safetensors`` /
+        ``pytorch_model.bin`` (``"pytorch_model_vision.bin"``, ``"GPFM.pth"``); it is then loaded like a local
+        file (prefix stripping, the architecture's key converter, strict shape checks). Presets with a ``head``
+        always name one.
+    hub_repo_type : str
+        ``"model"`` or ``"dataset"``: the kind of hub repository ``hub_file`` lives in.
+    key_prefix : str
+        Only checkpoint keys under this prefix belong to the encoder (``"visual."`` in CONCH's full
+        vision-language checkpoint); the prefix is removed. Files without such keys are used as they are.
     """
 
     name: str
@@ -123,6 +139,10 @@ class EncoderPreset:
     backend: str = "timm"
     drop_modules: tuple[str, ...] = ()
     trust_remote_code: bool = False
+    head: str | None = None
+    hub_file: str | None = None
+    hub_repo_type: str = "model"
+    key_prefix: str = ""
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip():
@@ -135,6 +155,17 @@ class EncoderPreset:
             raise ConfigError(f"preset {self.name!r}: backend {self.backend!r} is not one of {BACKENDS}")
         if self.traits.has_architecture and not self.timm_name:
             raise ConfigError(f"preset {self.name!r}: timm_name is required for backend {self.backend!r}")
+        if (self.pooling == "attn-pool") != (self.head is not None):
+            raise ConfigError(f"preset {self.name!r}: pooling 'attn-pool' and a head module go together "
+                              "(the head does the pooling); set both or neither")
+        if self.head is not None and (self.backend != "timm" or "." not in self.head):
+            raise ConfigError(f"preset {self.name!r}: head must be a dotted class name on a timm trunk, "
+                              f"got {self.head!r} with backend {self.backend!r}")
+        if self.hub_repo_type not in HUB_REPO_TYPES:
+            raise ConfigError(f"preset {self.name!r}: hub_repo_type {self.hub_repo_type!r} is not one of "
+                              f"{HUB_REPO_TYPES}")
+        if self.hub_file is not None and (self.hub_id is None or self.backend != "timm"):
+            raise ConfigError(f"preset {self.name!r}: hub_file needs a hub_id and backend 'timm'")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"preset {self.name!r}: mean/std need 3 values each, std > 0")
         if self.input_size <= 0 or self.embed_dim <= 0 or self.mpp <= 0:
@@ -218,14 +249,15 @@ def list_encoders_table() -> list[dict[str, Any]]:
     Returns
     -------
     list of dict
-        Keys ``name, hub_id, embed_dim, input_size, mean, std, pooling, dtype, license, gated, mpp, backend,
-        description``; values are JSON-serialisable.
+        Keys ``name, hub_id, hub_file, embed_dim, input_size, mean, std, pooling, dtype, license, gated, mpp,
+        backend, description``; values are JSON-serialisable.
     """
     rows = []
     for name in list_encoders():
         p = _REGISTRY[_key(name)]
         rows.append({
-            "name": p.name, "hub_id": p.hub_id, "embed_dim": p.embed_dim, "input_size": p.input_size,
+            "name": p.name, "hub_id": p.hub_id, "hub_file": p.hub_file, "embed_dim": p.embed_dim,
+            "input_size": p.input_size,
             "mean": list(p.mean), "std": list(p.std), "pooling": p.pooling, "dtype": p.dtype,
             "license": p.license, "gated": p.gated, "mpp": p.mpp, "backend": p.backend,
             "description": p.description,

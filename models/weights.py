@@ -1,12 +1,16 @@
 """Getting a backbone with the right weights: from the hub, from a local file, or random (loudly).
 
-- ``"hub"``: through timm (``pretrained=True`` with the preset's hub id as a ``pretrained_cfg_overlay``), or
-  through ``transformers.AutoModel`` for presets published only in that format. Hub failures (gated repository,
-  not logged in, offline) become :class:`~slidestream.errors.CheckpointError` saying what to do.
+- ``"hub"``: through timm (``pretrained=True`` with the preset's hub id as a ``pretrained_cfg_overlay``),
+  through ``transformers.AutoModel`` for presets published only in that format, or, for presets that name a
+  ``hub_file`` (CONCH, GPFM, CTransPath ...), by downloading that file and loading it as a local one. Hub
+  failures (gated repository, not logged in, offline) become :class:`~slidestream.errors.CheckpointError`
+  saying what to do.
 - a path: ``.safetensors`` (via safetensors) or ``.bin/.pth/.pt/.ckpt`` (``torch.load(weights_only=True)``: a
   pickle holding anything but tensors and plain containers is refused, never executed); a directory holding
   ``model.safetensors`` or ``pytorch_model.bin`` also works. Common wrapper prefixes (``module.``, ``model.``,
-  ``backbone.`` ...) are stripped; missing or mis-shaped keys are an error, unexpected keys a warning.
+  ``backbone.`` ...) are stripped, transformers ViT/DINOv2 layouts are converted (:mod:`.convert`), and the
+  architecture's own checkpoint filter runs (timm's, or the preset head's module's); missing or mis-shaped keys
+  are an error, unexpected keys a warning. :func:`check_weights` runs the same checks on the meta device.
 - ``"none"``: random initialisation, flagged by ``random_init=True`` and a :class:`RandomWeightsWarning`.
 
 Nothing here touches the network unless ``"hub"`` is asked for.
@@ -27,12 +31,14 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .convert import hf_vit_prefix, hf_vit_to_timm
 from .handcrafted import HandcraftedEncoder
-from .registry import EncoderPreset
+from .registry import EncoderPreset, get_preset
 
 __all__ = [
-    "RandomWeightsWarning", "LoadReport", "build_backbone", "load_state_dict_file", "load_local_weights",
-    "strip_prefixes", "file_sha256", "hub_error", "hub_overlay", "resolve_kwargs",
+    "RandomWeightsWarning", "LoadReport", "build_backbone", "check_weights", "download_hub_file",
+    "load_state_dict_file", "load_local_weights", "strip_prefixes", "file_sha256", "hub_error", "hub_overlay",
+    "resolve_kwargs",
 ]
 
 #: Wrapper prefixes added by DataParallel, Lightning, DINO/iBOT teachers and similar training code.
@@ -219,7 +225,8 @@ def _filter_for(model: nn.Module):
 
 
 def load_local_weights(model: nn.Module, path: str | os.PathLike, *,
-                       ignore_prefixes: tuple[str, ...] = ()) -> LoadReport:
+                       ignore_prefixes: tuple[str, ...] = (), key_prefix: str = "",
+                       dry_run: bool = False) -> LoadReport:
     """Load a local weight file into ``model`` in place.
 
     Parameters
@@ -231,6 +238,10 @@ def load_local_weights(model: nn.Module, path: str | os.PathLike, *,
     ignore_prefixes : tuple of str
         Checkpoint keys under these prefixes are dropped silently (parts the preset removes, such as
         ``layer4.`` and ``fc.`` for ``resnet50-trunc``).
+    key_prefix : str
+        When some keys start with it, only those are kept, without it (a preset's ``key_prefix``).
+    dry_run : bool
+        Read the file and check every key and shape, but copy nothing (``model`` may live on the meta device).
 
     Returns
     -------
@@ -243,7 +254,17 @@ def load_local_weights(model: nn.Module, path: str | os.PathLike, *,
     """
     state, sha = load_state_dict_file(path)
     model_state = model.state_dict()
-    state, stripped = strip_prefixes(state, set(model_state))
+    stripped = ""
+    if key_prefix and any(k.startswith(key_prefix) for k in state):
+        state = {k[len(key_prefix):]: v for k, v in state.items() if k.startswith(key_prefix)}
+        stripped = key_prefix
+    hf_prefix = hf_vit_prefix(state)
+    if hf_prefix is not None and hasattr(model, "pos_embed"):
+        # transformers ViT/DINOv2 layout (Phikon, Hibou, Midnight ...): rename to timm's
+        state = hf_vit_to_timm(state, model)
+        stripped += hf_prefix
+    state, more = strip_prefixes(state, set(model_state))
+    stripped += more
     filter_fn = _filter_for(model)
     if filter_fn is not None:
         try:
@@ -265,7 +286,8 @@ def load_local_weights(model: nn.Module, path: str | os.PathLike, *,
             parts.append(f"{len(unexpected)} file keys unused (e.g. {', '.join(unexpected[:6])})")
         raise CheckpointError(f"{path}: does not fit the {type(model).__name__} architecture: " + "; ".join(parts)
                               + ". Check that the file belongs to this encoder preset (timm key layout)")
-    model.load_state_dict({k: state[k] for k in model_state}, strict=True)
+    if not dry_run:
+        model.load_state_dict({k: state[k] for k in model_state}, strict=True)
     if unexpected:
         warnings.warn(f"{path}: ignored {len(unexpected)} checkpoint keys the encoder does not use "
                       f"(e.g. {', '.join(unexpected[:6])})", stacklevel=3)
@@ -370,10 +392,88 @@ def _create_transformers(preset: EncoderPreset, *, trust_remote_code: bool) -> n
     except ImportError as exc:
         raise CheckpointError(
             f"{preset.name}: its hub weights ({preset.hub_repo}) are published in Hugging Face transformers "
-            "format and `transformers` is not installed: `pip install 'transformers>=4.45'`, or pass "
-            f"weights=PATH to a timm-format state dict for {preset.timm_name}") from exc
+            "format and `transformers` is not installed: `pip install 'transformers>=4.45,<5'`, or download "
+            f"its model.safetensors (`hf download {preset.hub_repo} model.safetensors`) and pass weights=PATH: "
+            f"transformers-format files are converted to the timm layout of {preset.timm_name}") from exc
     return HFTokenBackbone(transformers.AutoModel.from_pretrained(
         preset.hub_repo, trust_remote_code=preset.trust_remote_code and trust_remote_code))
+
+
+def _build_architecture(preset: EncoderPreset) -> nn.Module:
+    """The preset's architecture with random weights: the timm model, wrapped by the preset's ``head``."""
+    model = _create_timm(preset, pretrained=False)
+    if preset.head is not None:
+        module, _, attr = preset.head.rpartition(".")
+        try:
+            head_cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"preset {preset.name!r}: head {preset.head!r} names no importable class "
+                              f"({exc})") from exc
+        model = head_cls(model)
+    return model
+
+
+def _ignored_prefixes(preset: EncoderPreset) -> tuple[str, ...]:
+    ignore = tuple(f"{name}." for name in preset.drop_modules)
+    if ignore:
+        ignore += ("fc.", "head.", "classifier.")  # the classifier sits after a dropped stage
+    return ignore
+
+
+def download_hub_file(preset: EncoderPreset) -> Path:
+    """Fetch a preset's ``hub_file`` into the Hugging Face cache (or find it there) and return its path.
+
+    Raises
+    ------
+    CheckpointError
+        No hub file, gated repository without access, offline without a cached copy (the message says what to
+        do).
+    """
+    if preset.hub_repo is None or preset.hub_file is None:
+        raise CheckpointError(f"{preset.name}: no published weight file; pass weights='none' or a local path")
+    from huggingface_hub import hf_hub_download
+
+    folder, _, filename = preset.hub_file.rpartition("/")
+    try:
+        return Path(hf_hub_download(preset.hub_repo, filename, subfolder=folder or None,
+                                    repo_type=preset.hub_repo_type))
+    except Exception as exc:
+        if _is_hub_failure(exc):
+            raise hub_error(exc, preset) from exc
+        raise
+
+
+def check_weights(preset: EncoderPreset | str, path: str | os.PathLike) -> LoadReport:
+    """Check that a weight file fits a preset, without building the model in memory.
+
+    The architecture is built on the meta device and the file goes through exactly the loading path of
+    ``create_encoder(preset, weights=path)`` (prefixes, the preset's ``key_prefix``, transformers-layout
+    conversion, the architecture's checkpoint filter, strict key and shape checks); nothing is copied.
+
+    Parameters
+    ----------
+    preset : EncoderPreset or str
+        A preset or its registered name.
+    path : str or os.PathLike
+        The weight file.
+
+    Returns
+    -------
+    LoadReport
+        With the keys the encoder would ignore in ``unexpected``.
+
+    Raises
+    ------
+    CheckpointError
+        The file is unreadable or unsafe, or a weight is missing or has another shape.
+    """
+    preset = preset if isinstance(preset, EncoderPreset) else get_preset(preset)
+    if not preset.traits.has_architecture:
+        raise ConfigError(f"{preset.name}: this encoder has no weights to check")
+    with torch.device("meta"):
+        model = _build_architecture(preset)
+    return load_local_weights(model, path, ignore_prefixes=_ignored_prefixes(preset),
+                              key_prefix=preset.key_prefix, dry_run=True)
 
 
 def build_backbone(preset: EncoderPreset, weights: str | os.PathLike = "hub", *,
@@ -393,7 +493,8 @@ def build_backbone(preset: EncoderPreset, weights: str | os.PathLike = "hub", *,
     backbone : torch.nn.Module
         In eval mode.
     source : str
-        ``"hub:<repo>"``, ``"file:<path>#sha256=<hex>"``, ``"none (random init)"`` or ``"none (weight-free)"``.
+        ``"hub:<repo>"``, ``"hub:<repo>/<hub_file>#sha256=<hex>"``, ``"file:<path>#sha256=<hex>"``,
+        ``"none (random init)"`` or ``"none (weight-free)"``.
     random_init : bool
         True when the weights are random.
 
@@ -409,10 +510,17 @@ def build_backbone(preset: EncoderPreset, weights: str | os.PathLike = "hub", *,
             raise ConfigError(f"{preset.name}: the handcrafted encoder has no weights; drop weights={weights!r}")
         return HandcraftedEncoder().eval(), "none (weight-free)", False
     if isinstance(weights, str) and weights == "none":
-        model = _create_timm(preset, pretrained=False)
+        model = _build_architecture(preset)
         warnings.warn(f"{preset.name}: built with RANDOM weights (weights='none'); its features are meaningless "
                       "outside tests and benchmarks", RandomWeightsWarning, stacklevel=3)
         return model.eval(), "none (random init)", True
+    if isinstance(weights, str) and weights == "hub" and (preset.hub_file is not None or preset.head is not None):
+        # a named file of the repository (not timm's default one), loaded like a local file
+        path = download_hub_file(preset)
+        model = _build_architecture(preset)
+        report = load_local_weights(model, path, ignore_prefixes=_ignored_prefixes(preset),
+                                    key_prefix=preset.key_prefix)
+        return model.eval(), f"hub:{preset.hub_repo}/{preset.hub_file}#sha256={report.sha256}", False
     if isinstance(weights, str) and weights == "hub":
         if preset.backend == "transformers":
             try:
@@ -435,9 +543,7 @@ def build_backbone(preset: EncoderPreset, weights: str | os.PathLike = "hub", *,
         return model.eval(), f"hub:{preset.hub_repo}", False
     if not isinstance(weights, (str, os.PathLike)):
         raise ConfigError(f"weights must be 'hub', 'none' or a path, got {weights!r}")
-    model = _create_timm(preset, pretrained=False)
-    ignore = tuple(f"{name}." for name in preset.drop_modules)
-    if ignore:
-        ignore += ("fc.", "head.", "classifier.")  # the classifier sits after a dropped stage
-    report = load_local_weights(model, weights, ignore_prefixes=ignore)
+    model = _build_architecture(preset)
+    report = load_local_weights(model, weights, ignore_prefixes=_ignored_prefixes(preset),
+                                key_prefix=preset.key_prefix)
     return model.eval(), report.source, False

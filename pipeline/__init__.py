@@ -23,6 +23,7 @@ _WHERE = {
     "PredictSummary": "predict", "describe_rows": "predict", "predict_batch": "predict", "predict_stores": "predict",
     "write_predictions_csv": "predict",
     "SlideLockedError": "records", "SlideOutcome": "records", "slide_lock": "records", "write_run_record": "records",
+    "QuPathProject": "qupath_project", "make_qupath_project": "qupath_project",
     "QuietReporter": "reporting", "Reporter": "reporting",
     "RunSummary": "run", "run_inference": "run",
     "run_per_slide": "runner", "run_stage": "runner",

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import uuid
 from pathlib import Path
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
 
 import pytest
 
@@ -49,3 +53,117 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
+# ---------------------------------------------------------------------------------------------------------------
+# QuPath projects: the project format as QuPath 0.4 - 0.7 reads it, and the generated import script's mapping
+# (used by tests/annotations/test_qupath_project.py and tests/pipeline/test_qupath_project.py)
+
+_QUPATH_PROVIDERS = {"qupath.lib.images.servers.openslide.OpenslideServerBuilder",
+                     "qupath.lib.images.servers.bioformats.BioFormatsServerBuilder"}
+# RFC 3986 characters a java.net.URI accepts unescaped in a path; anything else must be %XX
+_URI_PATH = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")
+
+
+def _check_qpproj(data: dict, project_file: Path) -> list[str]:
+    """Every rule of QuPath's project reader that our file could break; an empty list means it loads."""
+    errors = []
+    for key in ("createTimestamp", "modifyTimestamp"):  # getAsLong() on a missing key: NPE, project not loaded
+        if not isinstance(data.get(key), int) or data[key] <= 0:
+            errors.append(f"{key} must be epoch milliseconds (long)")
+    if "version" not in data and "lastID" not in data:
+        errors.append("needs version or lastID")
+    if data.get("version") in ("v0.2.0-m1", "v0.2.0-m2"):
+        errors.append("refused version")
+    if data.get("uri") != project_file.resolve().as_uri():
+        errors.append("uri must be the project file's own URI")
+    images = data.get("images")
+    if not isinstance(images, list):
+        return errors + ["images must be a list"]
+    ids = []
+    for i, e in enumerate(images):
+        where = f"images[{i}]"
+        if not isinstance(e.get("entryID"), int) or e["entryID"] < 1:
+            errors.append(f"{where}: entryID must be a long >= 1")
+        ids.append(e.get("entryID"))
+        try:
+            uuid.UUID(e.get("randomizedName", ""))
+        except (ValueError, TypeError, AttributeError):
+            errors.append(f"{where}: randomizedName must be a UUID")
+        if not isinstance(e.get("imageName"), str) or not e["imageName"]:
+            errors.append(f"{where}: imageName must be a non-empty string")
+        meta = e.get("metadata")  # 0.4/0.5 copy it without a null check
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            errors.append(f"{where}: metadata must be a map of strings")
+        if "description" in e and not isinstance(e["description"], str):
+            errors.append(f"{where}: description must be a string")
+        if "tags" in e and not (isinstance(e["tags"], list) and all(isinstance(t, str) for t in e["tags"])):
+            errors.append(f"{where}: tags must be a list of strings")
+        b = e.get("serverBuilder")
+        if not isinstance(b, dict) or b.get("builderType") != "uri":
+            errors.append(f"{where}: serverBuilder.builderType must be 'uri'")
+            continue
+        if "providerClassName" in b and b["providerClassName"] not in _QUPATH_PROVIDERS:
+            errors.append(f"{where}: unknown reader {b['providerClassName']}")
+        if not isinstance(b.get("args"), list) or not all(isinstance(a, str) for a in b["args"]):
+            errors.append(f"{where}: args must be an array of strings")  # null args: NPE in both readers
+        elif b.get("providerClassName") is None and "--no-crop" in b["args"]:
+            errors.append(f"{where}: --no-crop is an OpenSlide-only argument")
+        if "metadata" in b:
+            errors.append(f"{where}: serverBuilder.metadata would override the slide's own")
+        uri = b.get("uri", "")
+        parsed = urlparse(uri)
+        if parsed.scheme != "file" or not parsed.path.startswith("/") or not _URI_PATH.match(parsed.path):
+            errors.append(f"{where}: {uri!r} is not an absolute, percent-encoded file URI")
+            continue
+        if not Path(url2pathname(unquote(parsed.path))).is_file():
+            errors.append(f"{where}: {uri} points at no file")
+    if len(set(ids)) != len(ids):
+        errors.append("entryIDs must be unique")
+    if ids and not (isinstance(data.get("lastID"), int) and data["lastID"] >= max(i for i in ids if isinstance(i, int))):
+        errors.append("lastID must be at least the largest entryID")
+    return errors
+
+
+def _groovy_unquote(literal: str) -> str:
+    assert literal[0] == literal[-1] == "'"
+    body, out, i = literal[1:-1], [], 0
+    while i < len(body):
+        if body[i] == "\\":
+            if body[i + 1] == "u":
+                out.append(chr(int(body[i + 2:i + 6], 16)))
+                i += 6
+                continue
+            out.append(body[i + 1])
+            i += 2
+            continue
+        assert body[i] != "'", "unescaped quote ends the literal early"
+        out.append(body[i])
+        i += 1
+    return "".join(out)
+
+
+_LITERAL = r"'(?:[^'\\]|\\.)*'"
+_LINE = re.compile(rf"^    ({_LITERAL}): \[name: ({_LITERAL}), files: \[((?:{_LITERAL}(?:, )?)*)\]\],$")
+
+
+def _parse_imports(script: str) -> dict[str, tuple[str, list[str]]]:
+    """The ``IMPORTS`` map of a generated script: entry ID → (image name, files)."""
+    out = {}
+    for line in script.splitlines():
+        m = _LINE.match(line)
+        if m:
+            files = [_groovy_unquote(f) for f in re.findall(_LITERAL, m.group(3))]
+            out[_groovy_unquote(m.group(1))] = (_groovy_unquote(m.group(2)), files)
+    return out
+
+
+@pytest.fixture(scope="session")
+def check_qpproj():
+    """``check(project_dict, project_file) -> list of problems``: what would stop QuPath loading the project or
+    opening an image (read from QuPath's ``DefaultProject`` and ``DefaultImageServerBuilder``, 0.4.4 – 0.6.0)."""
+    return _check_qpproj
+
+
+@pytest.fixture(scope="session")
+def parse_groovy_imports():
+    """``parse(script) -> {entry_id: (image_name, files)}``: the ``IMPORTS`` map of a generated import script."""
+    return _parse_imports

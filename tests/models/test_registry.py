@@ -205,3 +205,22 @@ def test_dtype_defaults_and_autocast_output_is_float32():
     info = enc16.describe()
     json.dumps(info)
     assert info["dtype"] == "bfloat16" and info["random_init"] and info["embed_dim"] == 192
+
+
+def test_encoders_command_shows_licence_and_gating():
+    from click.testing import CliRunner
+
+    from slidestream.cli.main import main
+
+    r = CliRunner().invoke(main, ["encoders"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    header = next(line for line in r.output.splitlines() if "name" in line and "license" in line)
+    assert "gated" in header and "mpp" in header
+    conch = next(line for line in r.output.splitlines() if "conch-v1.5" in line)
+    assert "CC-BY-NC-ND-4.0" in conch and "yes" in conch
+    kaiko = next(line for line in r.output.splitlines() if "kaiko-vitb16" in line)
+    assert kaiko.rstrip(" │").endswith("no")
+    rows = json.loads(CliRunner().invoke(main, ["encoders", "--json"]).output)
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["conch-v1.5"]["hub_file"] == "pytorch_model_vision.bin" and by_name["conch-v1.5"]["gated"]
+    assert by_name["h-optimus-1"]["license"] == "CC-BY-NC-ND-4.0" and by_name["hibou-l"]["gated"]

@@ -244,3 +244,81 @@ def test_hub_weights_would_come_from_the_preset_repository(name):
     cfg = resolve_pretrained_cfg(arch, pretrained_cfg=tag or None, pretrained_cfg_overlay=hub_overlay(preset))
     assert _resolve_pretrained_source(cfg.to_dict()) == ("hf-hub", preset.hub_id.removeprefix("hf-hub:"))
     assert not cfg.custom_load
+
+
+@pytest.mark.parametrize("name", ["kaiko-vits16", "kaiko-vits8", "kaiko-vitb16", "kaiko-vitb8", "kaiko-vitl14",
+                                  "lunit-vits16"])
+def test_new_timm_hub_presets_resolve_to_their_repository(name):
+    test_hub_weights_would_come_from_the_preset_repository(name)
+
+
+def _ctranspath_original_layout(model) -> dict:
+    """A timm >= 0.9 CTransPath state dict in the layout of the published file (timm 0.5.4: downsampling at
+    the end of stages 0-2, relative-position indices and shifted-window masks saved as buffers)."""
+    import re
+
+    out = {}
+    for k, v in model.state_dict().items():
+        m = re.match(r"layers\.(\d+)\.downsample\.(.+)", k)
+        out[f"layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}" if m else k] = v
+        if k.endswith("attn.relative_position_bias_table"):
+            out[k.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(49, 49,
+                                                                                                  dtype=torch.long)
+    out["layers.0.blocks.1.attn_mask"] = torch.zeros(64, 49, 49)
+    return out
+
+
+def test_hub_file_is_downloaded_from_the_preset_repository_and_loaded_like_a_local_file(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        ref = create_encoder("ctranspath", weights="none")
+    path = tmp_path / "ctranspath.pth"
+    torch.save({"model": _ctranspath_original_layout(ref.backbone)}, path)
+    calls = []
+
+    def fake_download(repo_id, filename, *, subfolder=None, repo_type=None, **kw):
+        calls.append((repo_id, filename, subfolder, repo_type))
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every key of the published layout is used or knowingly dropped
+        enc = create_encoder("ctranspath", weights="hub")
+    assert calls == [("jamesdolezal/CTransPath", "ctranspath.pth", None, "model")]
+    assert enc.weights_source == f"hub:jamesdolezal/CTransPath/ctranspath.pth#sha256={_sha(path)}"
+    assert not enc.random_init
+    x = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        torch.testing.assert_close(enc(x), ref(x), rtol=0, atol=0)
+
+
+def test_hub_file_failures_say_what_to_do(monkeypatch):
+    import huggingface_hub
+
+    def gated(*a, **kw):
+        raise GatedRepoError("gated", response=_response(403))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
+    with pytest.raises(CheckpointError, match="accept its licence") as exc:
+        create_encoder("conch-v1.5", weights="hub")
+    assert "MahmoodLab/conchv1_5" in str(exc.value)
+
+    def offline(*a, **kw):
+        raise LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(CheckpointError, match="weights=PATH"):
+        create_encoder("gpfm", weights="hub")
+
+
+def test_new_transformers_presets_explain_what_they_need():
+    with pytest.raises(CheckpointError, match="trust_remote_code"):
+        create_encoder("hibou-b", weights="hub")
+    if importlib.util.find_spec("transformers") is not None:
+        pytest.skip("transformers is installed: the hub path would go online")
+    with pytest.raises(CheckpointError, match="pip install") as exc:
+        create_encoder("phikon", weights="hub")
+    assert "owkin/phikon" in str(exc.value) and "weights=PATH" in str(exc.value)
