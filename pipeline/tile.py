@@ -64,8 +64,9 @@ def tile_batch(
     ``tissue`` sets how tissue is segmented; ``tissue_overrides`` (a CSV, see
     :mod:`slidestream.pipeline.tissue_overrides`) changes it, the keep rule or ``min_tissue`` for single slides.
     ``qc_images`` writes ``<out_dir>/qc/<slide_id>.jpg`` (thumbnail, tissue outline, holes, kept tiles) for every
-    slide tiled, or missing; ``dump_patches`` writes the kept tiles as ``<dump_patches>/<slide_id>/<slide_id>_x<X>_y<Y>``
-    images in ``dump_format`` ("png" or "jpg"), skipping files already there.
+    slide tiled, or missing; ``dump_patches`` writes the kept tiles as
+    ``<dump_patches>/<slide_id>/<slide_id>_x<X>_y<Y>`` images in ``dump_format`` ("png" or "jpg"), skipping files
+    already there.
 
     ``roi`` restricts tiling to annotated regions: one annotation file for every slide, or a folder holding
     ``<slide_id>.geojson``/``.xml``/``.json`` per slide (slides without one are tiled whole). ``export_tissue``
@@ -117,7 +118,8 @@ def tile_batch(
                "dump_format": dump_format}
     record_params = {**params.to_dict(), "save_patches": save_patches, "stain": stain,
                      "stain_reference": stain_reference, "scheduler": scheduler, "roi": str(roi) if roi else None,
-                     "tissue": tissue.to_dict(), "tissue_overrides": str(tissue_overrides) if tissue_overrides else None,
+                     "tissue": tissue.to_dict(),
+                     "tissue_overrides": str(tissue_overrides) if tissue_overrides else None,
                      "qc_images": qc_images, "dump_patches": options["dump_patches"], "dump_format": dump_format}
     if scheduler:
         out_dir = out_dir.resolve()

@@ -55,8 +55,9 @@ def _encode(tile: np.ndarray, fmt: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def dump_patches(store_path: str | os.PathLike, folder: str | os.PathLike, *, slide_path: str | os.PathLike | None = None,
-                 mpp: float | None = None, fmt: str = "png", jpeg_quality: int = 90, workers: int | None = None,
+def dump_patches(store_path: str | os.PathLike, folder: str | os.PathLike, *,
+                 slide_path: str | os.PathLike | None = None, mpp: float | None = None, fmt: str = "png",
+                 jpeg_quality: int = 90, workers: int | None = None,
                  progress: Callable[[int, int], None] | None = None) -> DumpResult:
     """Write every tile of a tiled store as an image file, skipping files that already exist (resumable).
 
@@ -72,7 +73,7 @@ def dump_patches(store_path: str | os.PathLike, folder: str | os.PathLike, *, sl
     mpp : float, optional
         Level-0 µm/px override of the slide, as given to the tiler.
     fmt : {"png", "jpg"}
-        PNG is lossless; JPEG (``jpeg_quality``) is about twenty times faster to write and several times smaller.
+        PNG is lossless; JPEG (``jpeg_quality``) is much faster to write and several times smaller.
     workers : int, optional
         Threads encoding and writing files (default: CPU cores).
     progress : callable(done, total), optional
