@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ..tiling.settings import KEEP_RULES, TISSUE_METHODS, TissueConfig
 from ._common import (err, exit_for, fail, out, reporter, scheduler_option, stain_option, stain_reference_option,
                       summary_table, tiling_options)
 
@@ -91,10 +92,56 @@ def synth(out, dataset, n_normal, n_tumor, width, height, mpp, with_tumor, pen, 
                 click.echo(f"  ground truth: {extra}")
 
 
+_TISSUE = TissueConfig()
+
+
+def _tissue_options(f):
+    """The tissue-detection options of ``tile`` (:class:`~slidestream.tiling.settings.TissueConfig`), the keep rule
+    and the per-slide override table."""
+    opts = [
+        click.option("--keep-rule", type=click.Choice(list(KEEP_RULES)), default="fraction", show_default=True,
+                     help="Which tiles are kept. fraction: tissue covers at least --min-tissue of the tile (TRIDENT's "
+                     "--min_tissue_proportion; LazySlide's default is --min-tissue 0.7). clam-four-pt: CLAM's "
+                     "default: one of 4 points a quarter in from the tile's corners lies in the tissue outline, and "
+                     "the centre is not in a hole. any-tissue: the tile touches tissue at all (TRIDENT's default). "
+                     "--min-tissue applies to fraction only."),
+        click.option("--tissue-method", type=click.Choice(list(TISSUE_METHODS)), default=_TISSUE.method,
+                     show_default=True, help="Tissue threshold on the blurred HSV saturation: 'otsu' per slide "
+                     "(never below --tissue-threshold), or 'fixed' at --tissue-threshold."),
+        click.option("--tissue-threshold", type=click.FloatRange(0, 1), default=_TISSUE.min_saturation,
+                     show_default=True, help="Saturation (0-1) separating tissue from glass: the lowest threshold "
+                     "Otsu may choose, or the threshold of --tissue-method fixed (CLAM's sthresh 8 is 0.031)."),
+        click.option("--tissue-blur", type=click.FloatRange(0), default=_TISSUE.blur_sigma_um, show_default=True,
+                     help="Gaussian blur of the saturation before thresholding, sigma in µm."),
+        click.option("--tissue-closing", type=click.FloatRange(0), default=_TISSUE.close_um, show_default=True,
+                     help="Morphological closing radius in µm: gaps and bays in the tissue narrower than about "
+                     "twice this are filled (0: none)."),
+        click.option("--tissue-min-area", type=click.FloatRange(0), default=_TISSUE.min_tissue_area_um2,
+                     show_default=True, help="Tissue pieces smaller than this many µm² are dropped as debris "
+                     "(1 mm² = 1,000,000 µm²)."),
+        click.option("--tissue-min-hole-area", type=click.FloatRange(0), default=_TISSUE.min_hole_area_um2,
+                     show_default=True, help="Holes in the tissue smaller than this many µm² are filled."),
+        click.option("--tissue-holes/--no-tissue-holes", default=_TISSUE.keep_holes, show_default=True,
+                     help="Keep holes (glass enclosed by tissue) out of the tissue; --no-tissue-holes fills them "
+                     "all, so they count as tissue (TRIDENT's default)."),
+        click.option("--pen-filter/--no-pen-filter", default=_TISSUE.pen_filter, show_default=True,
+                     help="Remove blue, green and black marker ink from the tissue."),
+        click.option("--tissue-overrides", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="CSV of per-slide settings for the slides where the defaults fail (like "
+                     "CLAM's process list): a slide_id column, and any of the columns tissue-method, "
+                     "tissue-threshold, tissue-blur, tissue-closing, tissue-min-area, tissue-min-hole-area, "
+                     "tissue-holes, pen-filter, min-tissue, keep-rule; an empty cell keeps this run's value."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 @click.command()
 @click.argument("slides", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder of slide stores.")
 @tiling_options
+@_tissue_options
 @click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
 @click.option("--save-patches/--no-save-patches", default=True, show_default=True,
               help="Store RGB patches (otherwise only coordinates; embedding then reads the slide).")
@@ -110,9 +157,19 @@ def synth(out, dataset, n_normal, n_tumor, width, height, mpp, with_tumor, pen, 
               help="Only tile inside these regions: a QuPath GeoJSON / ASAP XML file for every slide, or a folder "
                    "of <slide_id>.geojson/.xml files.")
 @click.option("--export-tissue", is_flag=True, help="Also write <slide_id>.tissue.geojson (QuPath class Tissue).")
+@click.option("--qc-images/--no-qc-images", default=True, show_default=True,
+              help="Write OUT/qc/<slide_id>.jpg per slide: the thumbnail with the tissue outline (green), holes "
+                   "(blue) and the kept tiles (red), as CLAM and TRIDENT do.")
+@click.option("--dump-patches", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Also write the kept tiles as image files DIR/<slide_id>/<slide_id>_x<X>_y<Y>.png (X, Y: the "
+                   "tile's level-0 top-left corner), like TRIDENT's --dump_patches; files already there are kept.")
+@click.option("--dump-format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
+              help="Format of --dump-patches files: png (lossless) or jpg (quality 90, faster, smaller).")
 @click.option("--overwrite", is_flag=True, help="Rebuild stores made from another slide or other parameters.")
-def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, mpp, save_patches, workers, stain,
-         stain_reference, scheduler, roi, export_tissue, overwrite):
+def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, keep_rule, tissue_method, tissue_threshold,
+         tissue_blur, tissue_closing, tissue_min_area, tissue_min_hole_area, tissue_holes, pen_filter,
+         tissue_overrides, mpp, save_patches, workers, stain, stain_reference, scheduler, roi, export_tissue,
+         qc_images, dump_patches, dump_format, overwrite):
     """Segment tissue and cut SLIDES (files, folders, globs or a manifest CSV) into tiles in Zarr stores.
 
     Re-running finishes interrupted stores and skips complete ones.
@@ -124,11 +181,17 @@ def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, mpp, save_patc
     from ..pipeline.tile import tile_batch
     from ..tiling.grid import TilingParams
 
-    params = TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap, min_tissue=min_tissue)
+    params = TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap, min_tissue=min_tissue,
+                          keep_rule=keep_rule)
+    tissue = TissueConfig(method=tissue_method, min_saturation=tissue_threshold, blur_sigma_um=tissue_blur,
+                          close_um=tissue_closing, min_tissue_area_um2=tissue_min_area,
+                          min_hole_area_um2=tissue_min_hole_area, keep_holes=tissue_holes, pen_filter=pen_filter)
     outcomes = tile_batch(collect_inputs(slides, mpp=mpp), out, params, save_patches=save_patches,
                           overwrite=overwrite, workers=workers, scheduler=scheduler,
                           stain=stain, stain_reference=stain_reference,
-                          roi=roi, export_tissue=export_tissue, reporter=reporter())
+                          roi=roi, export_tissue=export_tissue, reporter=reporter(), tissue=tissue,
+                          tissue_overrides=tissue_overrides, qc_images=qc_images, dump_patches=dump_patches,
+                          dump_format=dump_format)
     summary_table("tiling", outcomes, ["tiles", "tissue_mm2", "action"])
     click.echo(f"run record: {out / 'run-tile.json'}")
     exit_for(outcomes)

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..tiling.grid import TilingParams
+from ..tiling.tissue import TissueConfig
 from .cluster import where_am_i
 from .inputs import SlideInput
 from .records import SlideOutcome, slide_lock
@@ -52,8 +53,20 @@ def tile_batch(
     roi: str | os.PathLike | None = None,
     export_tissue: bool = False,
     reporter: Reporter | None = None,
+    tissue: TissueConfig | None = None,
+    tissue_overrides: str | os.PathLike | None = None,
+    qc_images: bool = True,
+    dump_patches: str | os.PathLike | None = None,
+    dump_format: str = "png",
 ) -> list[SlideOutcome]:
     """Tile every slide into ``<out_dir>/<slide_id>.zarr``; writes ``run-tile.json``.
+
+    ``tissue`` sets how tissue is segmented; ``tissue_overrides`` (a CSV, see
+    :mod:`slidestream.pipeline.tissue_overrides`) changes it, the keep rule or ``min_tissue`` for single slides.
+    ``qc_images`` writes ``<out_dir>/qc/<slide_id>.jpg`` (thumbnail, tissue outline, holes, kept tiles) for every
+    slide tiled, or missing; ``dump_patches`` writes the kept tiles as
+    ``<dump_patches>/<slide_id>/<slide_id>_x<X>_y<Y>`` images in ``dump_format`` ("png" or "jpg"), skipping files
+    already there.
 
     ``roi`` restricts tiling to annotated regions: one annotation file for every slide, or a folder holding
     ``<slide_id>.geojson``/``.xml``/``.json`` per slide (slides without one are tiled whole). ``export_tissue``
@@ -77,10 +90,37 @@ def tile_batch(
             return roi_from_file(found[0]) if found else None
         return roi_from_file(path)
 
+    tissue = tissue or TissueConfig()
+    overrides = {}
+    if tissue_overrides is not None:
+        from .tissue_overrides import read_tissue_overrides
+
+        overrides = read_tissue_overrides(tissue_overrides, params, tissue)
+        names = {it.slide_id for it in inputs} | {Path(it.path).name for it in inputs}
+        used = {id(row) for key, row in overrides.items() if key in names}
+        unused = sorted({key for key, row in overrides.items() if id(row) not in used})
+        if unused:
+            # a table for a whole cohort may be used on part of it: say so, but go on
+            reporter.log(f"[yellow]{tissue_overrides}: {len({id(overrides[k]) for k in unused})} row(s) name no "
+                         f"slide of this batch ({', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''})"
+                         "[/yellow]")
+
+    def settings(it: SlideInput):
+        """(params, per-slide options) of a slide: the run's, changed by its override row."""
+        row = overrides.get(it.slide_id) or overrides.get(Path(it.path).name)
+        if row is None:
+            return params, {**options, "tissue_config": tissue}
+        return row.params, {**options, "tissue_config": row.tissue, "tissue_overrides": row.overrides}
+
     options = {"save_patches": save_patches, "overwrite": overwrite, "stain": stain,
-               "stain_reference": stain_reference, "export_tissue": export_tissue}
+               "stain_reference": stain_reference, "export_tissue": export_tissue, "qc_images": qc_images,
+               "dump_patches": str(Path(dump_patches).resolve()) if dump_patches is not None else None,
+               "dump_format": dump_format}
     record_params = {**params.to_dict(), "save_patches": save_patches, "stain": stain,
-                     "stain_reference": stain_reference, "scheduler": scheduler, "roi": str(roi) if roi else None}
+                     "stain_reference": stain_reference, "scheduler": scheduler, "roi": str(roi) if roi else None,
+                     "tissue": tissue.to_dict(),
+                     "tissue_overrides": str(tissue_overrides) if tissue_overrides else None,
+                     "qc_images": qc_images, "dump_patches": options["dump_patches"], "dump_format": dump_format}
     if scheduler:
         out_dir = out_dir.resolve()
     # The first slide's tissue is segmented by a forked helper while this process imports the store and the tiler
@@ -89,17 +129,20 @@ def tile_batch(
     if not scheduler and inputs and (overwrite or not (out_dir / f"{inputs[0].slide_id}.zarr").exists()):
         from ..tiling.overview import start_tissue_mask
 
-        early = start_tissue_mask(inputs[0].path, params, mpp=inputs[0].mpp, workers=workers)
+        first_params, first_options = settings(inputs[0])
+        early = start_tissue_mask(inputs[0].path, first_params, mpp=inputs[0].mpp,
+                                  config=first_options["tissue_config"], workers=workers)
 
     def one(it: SlideInput) -> dict:
+        it_params, it_options = settings(it)
         with reporter.task(f"tile {it.slide_id}", None) as t:
-            return tile_slide_job(it.path, out_dir, params, it.slide_id, it.mpp, roi_for(it), workers, options,
+            return tile_slide_job(it.path, out_dir, it_params, it.slide_id, it.mpp, roi_for(it), workers, it_options,
                                   progress=lambda d, n: t.update(d, n), tissue=early if it is inputs[0] else None)
 
     try:
         return run_stage(inputs, "tile", one, reporter=reporter, scheduler=scheduler, cluster_job=tile_slide_job,
-                         cluster_args=lambda it: (str(Path(it.path).resolve()), str(out_dir), params, it.slide_id,
-                                                  it.mpp, roi_for(it), workers or 1, options),
+                         cluster_args=lambda it: (str(Path(it.path).resolve()), str(out_dir), settings(it)[0],
+                                                  it.slide_id, it.mpp, roi_for(it), workers or 1, settings(it)[1]),
                          record_dir=out_dir, params=record_params)
     finally:
         if early is not None:
@@ -123,15 +166,19 @@ def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, pa
     workers : int or None
         Local workers inside this job (processes on Linux, else threads).
     options : dict
-        ``save_patches``, ``overwrite``, ``stain``, ``stain_reference``, ``export_tissue`` of :func:`tile_batch`.
+        ``save_patches``, ``overwrite``, ``stain``, ``stain_reference``, ``export_tissue``, ``qc_images``,
+        ``dump_patches``, ``dump_format`` of :func:`tile_batch`; ``tissue_config`` (TissueConfig, optional) and
+        ``tissue_overrides`` (the override row applied, for the record).
     tissue : EarlyTissue, optional
         The slide's tissue mask being computed by a helper process (see :func:`tile_slide`).
 
     Returns
     -------
     dict
-        Outcome details: ``tiles``, ``tissue_mm2``, ``action``, ``chunks_written``, ``store``, ``worker`` and the
-        private ``_status``/``_seconds`` keys read by the batch runners.
+        Outcome details: ``tiles``, ``tissue_mm2``, ``action``, ``chunks_written``, ``store``, ``worker``,
+        ``qc_image`` (its path, when written or already there), ``tissue_overrides`` (when the slide had a row),
+        ``patch_images`` and ``patch_images_written`` (with ``dump_patches``), and the private
+        ``_status``/``_seconds`` keys read by the batch runners.
     """
     from ..tiling.tiler import tile_slide  # Zarr and Dask: see tile_batch
 
@@ -141,11 +188,28 @@ def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, pa
         res = tile_slide(slide_path, out_dir, params, mpp=mpp, save_patches=options["save_patches"],
                                      overwrite=options["overwrite"], workers=workers,
                                      stain=make_normalizer(options["stain"], options["stain_reference"]), roi=roi,
-                                     slide_id=slide_id, progress=progress, tissue=tissue)
+                                     slide_id=slide_id, progress=progress, tissue=tissue,
+                                     tissue_config=options.get("tissue_config"))
         if options["export_tissue"]:
             from ..tiling.regions import write_tissue_geojson
 
             write_tissue_geojson(res.store, out_dir / f"{slide_id}.tissue.geojson")
+        extras = {}
+        if options.get("tissue_overrides"):
+            extras["tissue_overrides"] = options["tissue_overrides"]
+        if options.get("qc_images", False):
+            from .tile_qc import qc_image_path, write_qc_image
+
+            qc_path = qc_image_path(out_dir, slide_id)
+            if res.action != "up-to-date" or not qc_path.is_file():
+                write_qc_image(res.store, slide_path, qc_path, mpp=mpp)
+            extras["qc_image"] = str(qc_path)
+        if options.get("dump_patches"):
+            from ..tiling.dump import dump_patches
+
+            dumped = dump_patches(res.store, options["dump_patches"], slide_path=slide_path, mpp=mpp,
+                                  fmt=options.get("dump_format", "png"), workers=workers)
+            extras.update(patch_images=str(dumped.folder), patch_images_written=dumped.written)
     return {"tiles": res.n_tiles, "tissue_mm2": round(res.tissue_area_mm2, 3), "action": res.action,
-            "chunks_written": res.chunks_written, "store": str(res.store), "worker": where_am_i(),
+            "chunks_written": res.chunks_written, "store": str(res.store), "worker": where_am_i(), **extras,
             "_status": "skipped" if res.action == "up-to-date" else "ok", "_seconds": time.perf_counter() - t0}

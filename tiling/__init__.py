@@ -16,6 +16,7 @@ _WHERE = {
     "tissue_mask": "overview",
     "TissueConfig": "tissue", "mask_to_polygons": "tissue", "pen_mask": "tissue", "segment_tissue": "tissue",
     "roi_from_file": "regions", "write_tissue_geojson": "regions",
+    "KEEP_RULES": "settings", "keep_tiles": "grid", "hole_mask": "tissue", "dump_patches": "dump",
 }
 
 
@@ -26,13 +27,17 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "KEEP_RULES",
     "QCConfig",
     "ReadPlan",
     "TileResult",
     "TilingParams",
     "TissueConfig",
+    "dump_patches",
     "grid_coords",
+    "hole_mask",
     "jpeg_passthrough",
+    "keep_tiles",
     "patch_reader",
     "mask_to_polygons",
     "pen_mask",

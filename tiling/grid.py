@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from .settings import KEEP_RULES
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,9 @@ class TilingParams:
     overlap : int
         Overlap between neighbouring tiles in target pixels (stride = tile_size - overlap).
     min_tissue : float
-        Keep tiles whose tissue fraction (0–1) is at least this.
+        Keep tiles whose tissue fraction (0–1) is at least this (``keep_rule="fraction"`` only).
+    keep_rule : str
+        Which tiles of the grid are kept (:data:`KEEP_RULES`, :func:`keep_tiles`).
     thumbnail_size : int
         Longest side of the image tissue is segmented on.
     mpp_tolerance : float
@@ -35,8 +38,11 @@ class TilingParams:
     min_tissue: float = 0.5
     thumbnail_size: int = 2048
     mpp_tolerance: float = 0.02
+    keep_rule: str = "fraction"
 
     def __post_init__(self):
+        if self.keep_rule not in KEEP_RULES:
+            raise ConfigError(f"keep rule must be one of {', '.join(KEEP_RULES)}, got {self.keep_rule!r}")
         if self.mpp <= 0:
             raise ConfigError(f"mpp must be positive, got {self.mpp}")
         if self.tile_size < 8:
@@ -159,3 +165,83 @@ def tissue_fractions(coords: np.ndarray, extent0: float, mask: np.ndarray, mask_
     counts = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
     area = np.maximum((x1 - x0) * (y1 - y0), 1)
     return (counts / area).astype(np.float32)
+
+
+def keep_tiles(coords: np.ndarray, extent0: float, fractions: np.ndarray, mask: np.ndarray,
+               mask_downsample: tuple[float, float], params: TilingParams) -> np.ndarray:
+    """Which tiles of a grid are kept, by ``params.keep_rule`` (:data:`KEEP_RULES`) on a tissue mask.
+
+    Parameters
+    ----------
+    coords : (N, 2) int array
+        Level-0 top-left x, y of each tile.
+    extent0 : float
+        Tile side in level-0 pixels.
+    fractions : (N,) float array
+        :func:`tissue_fractions` of the tiles (the ``fraction`` rule).
+    mask : (H, W) bool array
+        Tissue mask at a low resolution; its holes are the background components it encloses
+        (:func:`~slidestream.tiling.tissue.hole_mask`).
+    mask_downsample : (float, float)
+        Level-0 pixels per mask pixel along x and y.
+    params : TilingParams
+
+    Returns
+    -------
+    (N,) bool array.
+
+    Notes
+    -----
+    The other tools' rules, applied to slidestream's grid and tissue mask (what differs from the tools themselves):
+
+    - ``clam-four-pt`` follows CLAM's ``isInContourV3_Easy`` (``create_patches_fp.py``, ``contour_fn='four_pt'``):
+      centre ``c = x + ps // 2``, test points ``c ± int(ps // 2 * 0.5)`` in both axes, ``ps`` the level-0 tile
+      side; a point counts when its mask pixel is tissue or hole (the outline with holes filled), and the tile is
+      dropped when its centre's mask pixel is a hole. CLAM tests points against each contour polygon on its
+      own grid, whose origin is that contour's bounding-box corner; here one global grid is tested against the
+      raster mask, so a point is in or out by the mask pixel it falls on.
+    - ``any-tissue`` (TRIDENT, ``min_tissue_proportion`` 0) keeps a tile when a mask pixel it overlaps, even in
+      part, is tissue (TRIDENT intersects the tile's square with its simplified tissue polygons, holes counting as
+      tissue unless ``--remove_holes``: use ``--no-tissue-holes`` for that).
+    - LazySlide's default (contained in the tissue or covered at least 70 %) is ``fraction`` with
+      ``min_tissue=0.7``.
+    """
+    coords = np.asarray(coords).reshape(-1, 2)
+    if len(coords) == 0:
+        return np.zeros(0, bool)
+    rule = params.keep_rule
+    if rule == "fraction":
+        fractions = np.asarray(fractions)
+        return fractions >= params.min_tissue if params.min_tissue > 0 else fractions > 0
+    h, w = mask.shape
+    sx, sy = mask_downsample
+    if rule == "any-tissue":
+        # every mask pixel the tile overlaps, even partly (floor of the start, ceiling of the end)
+        x0 = np.clip(np.floor(coords[:, 0] / sx).astype(np.int64), 0, w)
+        y0 = np.clip(np.floor(coords[:, 1] / sy).astype(np.int64), 0, h)
+        x1 = np.clip(np.ceil((coords[:, 0] + extent0) / sx).astype(np.int64), 0, w)
+        y1 = np.clip(np.ceil((coords[:, 1] + extent0) / sy).astype(np.int64), 0, h)
+        sat = np.zeros((h + 1, w + 1), np.int64)
+        sat[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
+        counts = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+        return counts > 0
+    from .tissue import hole_mask
+
+    holes = hole_mask(mask)
+    outline = mask | holes
+    ps = int(extent0)
+    shift = int(ps // 2 * 0.5)
+
+    def at(grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        col = np.clip(np.floor(x / sx).astype(np.int64), 0, w - 1)
+        row = np.clip(np.floor(y / sy).astype(np.int64), 0, h - 1)
+        inside = (x >= 0) & (y >= 0) & (x < w * sx) & (y < h * sy)
+        return grid[row, col] & inside
+
+    cx = coords[:, 0] + ps // 2
+    cy = coords[:, 1] + ps // 2
+    any_point = np.zeros(len(coords), bool)
+    for dx in (-shift, shift):
+        for dy in (-shift, shift):
+            any_point |= at(outline, cx + dx, cy + dy)
+    return any_point & ~at(holes, cx, cy)

@@ -34,7 +34,7 @@ from ..errors import StoreError
 from ..store import DEFAULT_CHUNK_TILES, JPEG_CHUNK_TILES, JpegTiles, SlideStore, identity_dict, identity_of
 from ..wsi import Slide, open_slide, slide_id_from_path
 from ..wsi.direct import DirectTiffReader, merge_jpeg_tables
-from .grid import ReadPlan, TilingParams, grid_coords, plan_reads, tissue_fractions
+from .grid import ReadPlan, TilingParams, grid_coords, keep_tiles, plan_reads, tissue_fractions
 from .local import local_processes_available, local_workers
 from .qc import QC_FLAG_DOC, QC_MEASURE, QCConfig, luma_stats, qc_flags, tile_stats
 from .overview import EarlyTissue, tissue_mask
@@ -75,6 +75,12 @@ def _slide_attrs(slide: Slide, slide_path: Path) -> dict:
     }
 
 
+def _implicit_tiling() -> dict:
+    """Tiling settings that stores made before they were recorded were tiled with: such a store resumes when this
+    run uses exactly these."""
+    return {"keep_rule": "fraction", "tissue": TissueConfig().to_dict()}
+
+
 def _check_resumable(store: SlideStore, slide_attrs: dict, tiling: dict, save_patches: bool) -> None:
     old_slide = store.slide
     if old_slide.get("fingerprint") != slide_attrs["fingerprint"] or old_slide.get("size") != slide_attrs["size"]:
@@ -82,8 +88,13 @@ def _check_resumable(store: SlideStore, slide_attrs: dict, tiling: dict, save_pa
             f"{store.path}: the store was made from a different slide file (content changed since "
             f"{old_slide.get('path')}); pass --overwrite to rebuild it"
         )
-    if store.tiling != tiling:
-        changed = sorted(k for k in set(tiling) | set(store.tiling) if tiling.get(k) != store.tiling.get(k))
+    recorded = {**_implicit_tiling(), **store.tiling}
+    if recorded != tiling:
+        changed = sorted(k for k in set(tiling) | set(recorded) if tiling.get(k) != recorded.get(k))
+        if "tissue" in changed:
+            old_t, new_t = recorded.get("tissue") or {}, tiling.get("tissue") or {}
+            changed.remove("tissue")
+            changed += [f"tissue.{k}" for k in sorted(set(old_t) | set(new_t)) if old_t.get(k) != new_t.get(k)]
         raise StoreError(
             f"{store.path}: the store was tiled with other parameters ({', '.join(changed)}); "
             "pass --overwrite to rebuild it, or use another --out"
@@ -322,6 +333,9 @@ def tile_slide(
     scheduler : str, optional
         Address of a ``dask.distributed`` scheduler to run the graph on; the slide and the store must be at the
         same paths on the workers (a shared file system).
+    tissue_config : TissueConfig, optional
+        How tissue is segmented (default :class:`TissueConfig`); recorded with the tiling parameters
+        (``tiling["tissue"]``), so a store is not resumed with other settings.
     roi : shapely geometry, optional
         Region of interest in level-0 pixels; only tiles whose centre lies inside are kept
         (:func:`slidestream.tiling.regions.roi_from_file` reads one from an annotation file).
@@ -351,6 +365,7 @@ def tile_slide(
     slide_id = slide_id or slide_id_from_path(slide_path)
     store_path = out_dir / f"{slide_id}.zarr"
     qc_config = qc_config or QCConfig()
+    tissue_config = tissue_config or TissueConfig()
 
     with open_slide(slide_path, mpp=mpp) as slide:
         slide_attrs = _slide_attrs(slide, slide_path)
@@ -360,7 +375,8 @@ def tile_slide(
                   "save_patches": save_patches, "edge_policy": "whole tiles inside the slide only",
                   "roi": roi.wkt if roi is not None else None,
                   "stain": None if stain is None else {k: v for k, v in stain.to_dict().items() if k != "source"},
-                  "jpeg_passthrough": bool(passthrough), "qc_measure": QC_MEASURE}
+                  "jpeg_passthrough": bool(passthrough), "qc_measure": QC_MEASURE,
+                  "tissue": tissue_config.to_dict()}
         action = "tiled"
         store = None
         if store_path.exists() and not overwrite:
@@ -374,7 +390,7 @@ def tile_slide(
             mask, ds = early if early is not None else tissue_mask(slide, params, tissue_config)
             coords = grid_coords(slide.dimensions, plan)
             frac = tissue_fractions(coords, plan.extent0, mask, ds)
-            keep = frac >= params.min_tissue if params.min_tissue > 0 else frac > 0
+            keep = keep_tiles(coords, plan.extent0, frac, mask, ds, params)
             if roi is not None:
                 centres = coords + plan.extent0 / 2
                 keep &= shapely.contains_xy(roi, centres[:, 0], centres[:, 1])

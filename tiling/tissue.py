@@ -10,41 +10,17 @@ about a tenth of a second on a 2048 px overview and little import time in ``slid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import shapely
 import shapely.affinity
 from PIL import Image, ImageFilter
 from shapely.geometry import MultiPolygon, Polygon
 
+from .settings import TISSUE_METHODS, TissueConfig
 
-@dataclass(frozen=True)
-class TissueConfig:
-    """Parameters of :func:`segment_tissue`.
-
-    Areas are in µm² so the same settings work whatever the thumbnail resolution; ``mpp`` of the image
-    is passed to :func:`segment_tissue`.
-    """
-
-    min_saturation: float = 0.05
-    """Floor for the Otsu threshold on saturation (0–1), so a slide of almost only glass finds no tissue."""
-    blur_sigma_um: float = 16.0
-    """Gaussian blur on saturation before thresholding, in µm."""
-    close_um: float = 32.0
-    """Radius of the morphological closing, in µm."""
-    min_tissue_area_um2: float = 20_000.0
-    """Connected tissue components smaller than this are dropped (dust, debris)."""
-    min_hole_area_um2: float = 10_000.0
-    """Holes smaller than this are filled."""
-    pen_filter: bool = True
-    """Exclude blue, green and black pen marks."""
-    max_brightness: float = 0.92
-    """Pixels brighter than this (0–1 value channel) and unsaturated are glass."""
-    min_pen_area_um2: float = 2_000.0
-    """Ink blobs smaller than this are ignored: single dark nuclei or dye specks are not pen strokes."""
-    working_mpp: float = 4.0
-    """Resolution (µm/px) at which callers should segment: fine enough for 112 µm tiles, cheap on any slide."""
+__all__ = ["TISSUE_METHODS", "TissueConfig", "blur", "close_mask", "hole_mask", "mask_to_polygons",
+           "otsu_threshold_uint8", "pen_mask", "polygonal_parts", "remove_small_holes", "remove_small_objects",
+           "saturation", "segment_tissue"]
 
 
 def pen_mask(rgb: np.ndarray) -> np.ndarray:
@@ -283,7 +259,7 @@ def segment_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = No
         sat[pens] = 0.0
     sat8 = np.rint(sat * 255).astype(np.uint8)
     sat_blur = blur(sat8, max(config.blur_sigma_um / mpp, 0.5))
-    thr = otsu_threshold_uint8(sat_blur)
+    thr = otsu_threshold_uint8(sat_blur) if config.method == "otsu" else 0
     thr = max(256 if thr is None else thr, config.min_saturation * 255)
     glass = (val > config.max_brightness * 255) & (sat < config.min_saturation)
     mask = (sat_blur > thr) & ~glass
@@ -295,7 +271,44 @@ def segment_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = No
             mask &= ~_diamond(pens, max(1, int(round(8.0 / mpp))), True)
     mask = remove_small_objects(mask, max(int(config.min_tissue_area_um2 / px_area), 0))
     mask = remove_small_holes(mask, max(int(config.min_hole_area_um2 / px_area), 0))
+    if not config.keep_holes:
+        mask |= hole_mask(mask)
     return mask
+
+
+def hole_mask(mask: np.ndarray) -> np.ndarray:
+    """The holes of a tissue mask: background pixels enclosed by tissue, i.e. the 4-connected components of
+    ``~mask`` that do not touch the image border.
+
+    Parameters
+    ----------
+    mask : (H, W) bool array
+
+    Returns
+    -------
+    (H, W) bool array, True on hole pixels; ``mask | hole_mask(mask)`` is the tissue with its holes filled.
+    """
+    mask = np.asarray(mask, bool)
+    h, w = mask.shape
+    out = np.zeros((h, w), bool)
+    if min(h, w) < 3 or mask.all():
+        return out
+    starts, ends, stride = _runs(~mask)
+    root = _run_components(starts, ends, stride)
+    row = starts // stride
+    # a run touches the border if it lies in the first or last row, or starts in column 0 / ends in column w - 1
+    border = (row == 0) | (row == h - 1) | (starts % stride == 1) | (ends % stride == w + 1)
+    outside = np.zeros(len(root), bool)
+    outside[root[border]] = True
+    inside = ~outside[root]
+    if not inside.any():
+        return out
+    starts, lengths = starts[inside], (ends - starts)[inside]
+    first = np.cumsum(lengths) - lengths
+    flat = np.arange(int(lengths.sum())) + np.repeat(starts - first, lengths)
+    rows, cols = np.divmod(flat, stride)
+    out[rows, cols - 1] = True
+    return out
 
 
 def mask_to_polygons(mask: np.ndarray, downsample: float | tuple[float, float], *, tolerance: float = 1.0) -> MultiPolygon:

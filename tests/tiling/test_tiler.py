@@ -554,3 +554,56 @@ def test_small_component_removal_equals_a_label_size_reference():
         fill = np.bincount(holes.ravel()) <= k
         fill[0] = False
         assert np.array_equal(remove_small_holes(mask, k), mask | fill[holes])
+
+
+# ---------------------------------------------------------------------------------------------------- tissue settings
+def test_tissue_settings_and_keep_rule_are_recorded_and_a_store_is_not_resumed_with_others(cmu_slide, tmp_path):
+    from dataclasses import replace
+
+    from slidestream.tiling.grid import keep_tiles
+    from slidestream.tiling.overview import tissue_mask
+    from slidestream.tiling.tissue import TissueConfig
+
+    params = TilingParams(mpp=0.5, tile_size=224)
+    res = tile_slide(cmu_slide, tmp_path, params, save_patches=False)
+    store = SlideStore.open(res.store)
+    assert store.tiling["tissue"] == TissueConfig().to_dict() and store.tiling["keep_rule"] == "fraction"
+    with pytest.raises(StoreError, match=r"other parameters \(tissue\.close_um\)"):
+        tile_slide(cmu_slide, tmp_path, params, save_patches=False, tissue_config=TissueConfig(close_um=64.0))
+    with pytest.raises(StoreError, match=r"other parameters \(keep_rule\)"):
+        tile_slide(cmu_slide, tmp_path, replace(params, keep_rule="clam-four-pt"), save_patches=False)
+    assert tile_slide(cmu_slide, tmp_path, params, save_patches=False,
+                      tissue_config=TissueConfig()).action == "up-to-date"
+    # the store holds the tiles the rule keeps, on the mask the settings give
+    clam = replace(params, keep_rule="clam-four-pt")
+    tissue = TissueConfig(keep_holes=False, min_saturation=0.08)
+    other = SlideStore.open(tile_slide(cmu_slide, tmp_path / "clam", clam, save_patches=False,
+                                       tissue_config=tissue).store)
+    assert other.tiling["tissue"]["keep_holes"] is False and other.tiling["keep_rule"] == "clam-four-pt"
+    with open_slide(cmu_slide) as slide:
+        mask, ds = tissue_mask(slide, clam, tissue)
+        plan = plan_reads(clam, slide.mpp, tuple(slide.level_downsamples))
+        coords = grid_coords(slide.dimensions, plan)
+    keep = keep_tiles(coords, plan.extent0, tissue_fractions(coords, plan.extent0, mask, ds), mask, ds, clam)
+    assert np.array_equal(other.coords, coords[keep]) and other.n_tiles != store.n_tiles
+    assert np.array_equal(SlideStore.open(other.path).group["tissue_mask"][...].astype(bool), mask)
+
+
+def test_a_store_from_before_tissue_settings_resumes_only_with_the_defaults(tmp_path):
+    from pathlib import Path
+
+    from slidestream.tiling.tissue import TissueConfig
+
+    data = Path(__file__).parents[1] / "store" / "data" / "v0.1.0"
+    shutil.copy(data / "tiny.svs", tmp_path / "tiny.svs")
+    shutil.copytree(data / "stores", tmp_path / "stores")
+    assert "tissue" not in SlideStore.open(tmp_path / "stores" / "tiny.zarr").tiling
+    params = TilingParams(mpp=0.5, tile_size=256, min_tissue=0.05)
+    with pytest.raises(StoreError, match=r"tissue\.pen_filter"):
+        tile_slide(tmp_path / "tiny.svs", tmp_path / "stores", params, workers=1,
+                   tissue_config=TissueConfig(pen_filter=False))
+    with pytest.raises(StoreError, match="keep_rule"):
+        tile_slide(tmp_path / "tiny.svs", tmp_path / "stores", TilingParams(mpp=0.5, tile_size=256, min_tissue=0.05,
+                                                                            keep_rule="any-tissue"), workers=1)
+    res = tile_slide(tmp_path / "tiny.svs", tmp_path / "stores", params, workers=1, tissue_config=TissueConfig())
+    assert res.action == "up-to-date"

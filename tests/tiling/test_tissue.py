@@ -10,11 +10,15 @@ import numpy as np
 import pytest
 import shapely
 from scipy import ndimage as ndi
+from slidestream.errors import ConfigError
 from slidestream.tiling.grid import TilingParams
-from slidestream.tiling.overview import tissue_mask
+from slidestream.tiling.overview import overview, tissue_mask
 from slidestream.tiling.tissue import (
     TissueConfig,
+    blur,
+    hole_mask,
     otsu_threshold_uint8,
+    pen_mask,
     remove_small_holes,
     remove_small_objects,
     saturation,
@@ -117,3 +121,57 @@ def test_otsu_and_saturation_match_scikit_image():
 def test_blank_and_tiny_images():
     assert not segment_tissue(np.full((64, 64, 3), 242, np.uint8), mpp=4.0).any()
     assert segment_tissue(np.zeros((1, 5, 3), np.uint8), mpp=4.0).shape == (1, 5)
+
+
+# ---------------------------------------------------------------------------------------------------- settings
+@pytest.fixture(scope="module")
+def cmu_overview(cmu_slide):
+    with open_slide(cmu_slide) as slide:
+        params = TilingParams()
+        mask, ds = tissue_mask(slide, params)
+        thumb = overview(slide, max(mask.shape))
+    assert thumb.shape[:2] == mask.shape
+    return thumb, slide.mpp * (ds[0] + ds[1]) / 2
+
+
+def test_hole_mask_equals_scipy_fill_holes():
+    for m in _random_masks() + [np.zeros((9, 9), bool), np.ones((9, 9), bool)]:
+        assert np.array_equal(hole_mask(m), ndi.binary_fill_holes(m) & ~m)
+
+
+def test_filled_holes_count_as_tissue(cmu_overview):
+    thumb, mpp = cmu_overview
+    with_holes = segment_tissue(thumb, mpp)
+    assert (ndi.binary_fill_holes(with_holes) & ~with_holes).sum() > 100, "CMU-1's tissue has a hole"
+    filled = segment_tissue(thumb, mpp, TissueConfig(keep_holes=False))
+    assert np.array_equal(filled, ndi.binary_fill_holes(with_holes))
+
+
+def test_fixed_threshold_method(cmu_overview):
+    thumb, mpp = cmu_overview
+    sat, _ = saturation(thumb)
+    sat[pen_mask(thumb)] = 0  # as segment_tissue does before thresholding
+    otsu = otsu_threshold_uint8(blur(np.rint(sat * 255).astype(np.uint8), 16.0 / mpp)) / 255
+    # below the slide's Otsu threshold, a fixed threshold finds more tissue than Otsu (which ignores the floor) ...
+    low = otsu / 2
+    otsu_mask = segment_tissue(thumb, mpp, TissueConfig(min_saturation=low))
+    fixed_mask = segment_tissue(thumb, mpp, TissueConfig(method="fixed", min_saturation=low))
+    assert fixed_mask.sum() > otsu_mask.sum() and not (otsu_mask & ~fixed_mask).any()
+    # ... above it, the floor is the threshold either way
+    high = min(otsu * 1.3, 0.9)
+    assert np.array_equal(segment_tissue(thumb, mpp, TissueConfig(min_saturation=high)),
+                          segment_tissue(thumb, mpp, TissueConfig(method="fixed", min_saturation=high)))
+    fixed_masks = [segment_tissue(thumb, mpp, TissueConfig(method="fixed", min_saturation=t)) for t in (0.02, 0.1, 0.3)]
+    assert fixed_masks[0].sum() > fixed_masks[1].sum() > fixed_masks[2].sum() > 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"method": "triangle"}, "method must be one of otsu, fixed"),
+    ({"min_saturation": 1.5}, "min_saturation must be in"),
+    ({"close_um": -1.0}, "close_um must be a finite number"),
+    ({"min_tissue_area_um2": float("nan")}, "min_tissue_area_um2 must be a finite number"),
+    ({"keep_holes": "no"}, "keep_holes must be True or False"),
+])
+def test_bad_tissue_settings_are_refused(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        TissueConfig(**bad)
