@@ -26,15 +26,24 @@ __all__ = ["embed", "encoders", "export_features"]
               "whose patches were not normalised at tiling.")
 @stain_reference_option
 @click.option("--overwrite", is_flag=True, help="Recompute existing features.")
+@click.option("--allow-mpp-mismatch", is_flag=True,
+              help="Embed stores tiled at a pixel size more than 10 % away from the encoder's (the mpp column of "
+                   "`slidestream encoders --json`; 0.5 µm/px for the built-in presets): such stores are refused "
+                   "otherwise, since the model would see cells at another scale than it learned. With this flag "
+                   "they are embedded with a warning, and the mismatch is recorded in the features' attributes "
+                   "(mpp_mismatch) and in run-embed.json. The handcrafted encoder is checked too (its statistics "
+                   "assume 0.5 µm/px); plain timm model names declare no pixel size and are never checked.")
 @scheduler_option()
-def embed(stores, encoder, weights, device, batch_size, stain, stain_reference, overwrite, scheduler):
+def embed(stores, encoder, weights, device, batch_size, stain, stain_reference, overwrite, allow_mpp_mismatch,
+          scheduler):
     """Embed the tiles of STORES (store paths or folders of stores) into features/<encoder>."""
     from ..pipeline.embed import embed_batch
     from ..pipeline.inputs import collect_stores
 
     outcomes = embed_batch(collect_stores(stores), encoder, weights=weights, device=device, batch_size=batch_size,
                            overwrite=overwrite, stain=stain,
-                           stain_reference=stain_reference, scheduler=scheduler, reporter=reporter())
+                           stain_reference=stain_reference, scheduler=scheduler, reporter=reporter(),
+                           allow_mpp_mismatch=allow_mpp_mismatch)
     summary_table(f"embedding ({encoder})", outcomes, ["tiles", "patches_per_s"])
     exit_for(outcomes)
 
