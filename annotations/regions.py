@@ -108,9 +108,9 @@ def tumor_regions(
         :func:`slidestream.tiling.grid.grid_coords` places it. Regions are then groups of grid neighbours,
         whatever one-pixel gaps or overlaps the floored coordinates leave between them: tiles next to each other
         in a row or column are one region, tiles meeting only at a corner are not (unless the tiles overlap, in
-        which case tiles whose boxes share area are connected). A ``tile_size`` within
-        :data:`ABUT_TOLERANCE_PX` of the stride means abutting tiles: each is drawn as its grid cell, from its
-        own grid line to the next, so the outline stays within a pixel of the tiles and has no slits. Without
+        which case tiles whose boxes share area are connected). A ``tile_size`` at most
+        :data:`ABUT_TOLERANCE_PX` larger than the stride means abutting tiles: each is drawn as its grid cell, from
+        its own grid line to the next, so the outline stays within a pixel of the tiles and has no slits. Without
         ``stride`` the regions are the parts of the union of the tile boxes, which splits abutting tiles
         wherever floored coordinates leave a one-pixel gap (tiles off any grid only).
     tolerance : float, default 0.0

@@ -25,7 +25,8 @@ TISSUE_COLOR = (80, 200, 120)
 
 
 def grid_geometry(tiling: dict, slide_mpp: float) -> tuple[float, float]:
-    """Nominal tile side and grid stride, in level-0 pixels, of a store's tiles (what :func:`plan_reads` used).
+    """Nominal tile side and grid stride, in level-0 pixels, of a store's tiles, as
+    :func:`slidestream.tiling.grid.plan_reads` computed them for the tiler's grid.
 
     The stored ``extent0`` is the rounded read size times the level's downsample; the side here is the unrounded
     one (``tile_size`` target pixels), equal to the stride when tiles do not overlap, so that
