@@ -204,17 +204,17 @@ def test_clam_reads_the_stored_tiles_back(real_store, tmp_path):
     slide, store = real_store
     paths = export_features(store, "handcrafted", tmp_path, layout="clam")
     stored = store.patches[...]
-    # CLAM's features file and the coordinates file it reads carry the same reading attributes
-    with h5py.File(paths["h5"], "r") as f, h5py.File(paths["coords"], "r") as g:
-        assert dict(f["coords"].attrs) == dict(g["coords"].attrs)
-        assert f["coords"].attrs["patch_size"] == 448 and f["coords"].attrs["patch_level"] == 0
-        assert f["coords"].attrs["target_patch_size"] == 224
-        np.testing.assert_array_equal(g["coords"][...], store.coords)
     reread = _clam_reads(slide, paths["h5"], target_patch_size=224)
     assert reread.shape == stored.shape
     # the same tissue, resampled by another filter (bilinear vs block average): about a grey level apart, where
     # a quarter of the tile (224 level-0 px read as if they were the 0.5 µm/px tile) is tens of levels apart
     assert _mean_abs_diff(reread, stored) < 2.0
+    # the coordinates file extract_features_fp.py reads carries the same reading attributes
+    with h5py.File(paths["h5"], "r") as f, h5py.File(paths["coords"], "r") as g:
+        assert dict(f["coords"].attrs) == dict(g["coords"].attrs)
+        assert f["coords"].attrs["patch_size"] == 448 and f["coords"].attrs["patch_level"] == 0
+        assert f["coords"].attrs["target_patch_size"] == 224
+        np.testing.assert_array_equal(g["coords"][...], store.coords)
     with h5py.File(tmp_path / "wrong.h5", "w") as f:
         f["coords"] = store.coords
         f["coords"].attrs.update({"patch_level": 0, "patch_size": 224})
