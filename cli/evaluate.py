@@ -102,11 +102,16 @@ def demo(out, n_slides, encoder, seed):
 @tiling_options
 @stain_option("Normalise the stored patches (stain estimated once per slide).")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--froc-mpp", type=float, default=None,
+              help="Level-0 µm/px at which the lesion FROC is evaluated (sets the 75 µm lesion growth and the 275 µm "
+                   "ITC size in pixels). Default 0.243, the official CAMELYON16 value used for every slide whatever "
+                   "its scanner; other values give FROCs not comparable with published ones. Recorded in "
+                   "bench.json (froc.mpp).")
 @scheduler_option(
               help="Address of a dask.distributed scheduler (tcp://host:8786), or 'local' for a local cluster on "
                    "127.0.0.1, for the tiling and embedding stages.")
 def bench(source, out, encoder, weights, head, folds, epochs, seed, target_mpp, tile_size, overlap, min_tissue,
-          stain, device, scheduler):
+          stain, device, froc_mpp, scheduler):
     """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
     manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
     the official lesion FROC, ROC/FROC plots, bench.json and report.md. Rerunning after an interruption skips
@@ -116,6 +121,7 @@ def bench(source, out, encoder, weights, head, folds, epochs, seed, target_mpp, 
 
     cfg = BenchConfig(encoder=encoder, weights=weights, head=head, folds=folds, epochs=epochs, seed=seed,
                       stain=stain, device=device, scheduler=scheduler,
+                      **({} if froc_mpp is None else {"froc_mpp": froc_mpp}),
                       tiling=TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap,
                                           min_tissue=min_tissue))
     res = run_benchmark(source, out, cfg, reporter=reporter())

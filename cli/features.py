@@ -26,15 +26,24 @@ __all__ = ["embed", "encoders", "export_features"]
               "whose patches were not normalised at tiling.")
 @stain_reference_option
 @click.option("--overwrite", is_flag=True, help="Recompute existing features.")
+@click.option("--allow-mpp-mismatch", is_flag=True,
+              help="Embed stores tiled at a pixel size more than 10 % away from the encoder's (the mpp column of "
+                   "`slidestream encoders --json`; 0.5 µm/px for the built-in presets): such stores are refused "
+                   "otherwise, since the model would see cells at another scale than it learned. With this flag "
+                   "they are embedded with a warning, and the mismatch is recorded in the features' attributes "
+                   "(mpp_mismatch) and in run-embed.json. The handcrafted encoder is checked too (its statistics "
+                   "assume 0.5 µm/px); plain timm model names declare no pixel size and are never checked.")
 @scheduler_option()
-def embed(stores, encoder, weights, device, batch_size, stain, stain_reference, overwrite, scheduler):
+def embed(stores, encoder, weights, device, batch_size, stain, stain_reference, overwrite, allow_mpp_mismatch,
+          scheduler):
     """Embed the tiles of STORES (store paths or folders of stores) into features/<encoder>."""
     from ..pipeline.embed import embed_batch
     from ..pipeline.inputs import collect_stores
 
     outcomes = embed_batch(collect_stores(stores), encoder, weights=weights, device=device, batch_size=batch_size,
                            overwrite=overwrite, stain=stain,
-                           stain_reference=stain_reference, scheduler=scheduler, reporter=reporter())
+                           stain_reference=stain_reference, scheduler=scheduler, reporter=reporter(),
+                           allow_mpp_mismatch=allow_mpp_mismatch)
     summary_table(f"embedding ({encoder})", outcomes, ["tiles", "patches_per_s"])
     exit_for(outcomes)
 
@@ -68,11 +77,19 @@ def encoders(as_json):
 @click.option("--encoder", required=True, help="Which features/<encoder> to export.")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", default="h5,pt", show_default=True,
-              help="Comma-separated: h5 (TRIDENT/CLAM-style features + coords + attrs), pt (a plain (N, D) tensor).")
-@click.option("--layout", type=click.Choice(["flat", "clam"]), default="flat", show_default=True,
-              help="flat: <out>/<slide>.h5 and .pt; clam: <out>/h5_files/ and <out>/pt_files/ as CLAM expects.")
+              help="Comma-separated: h5 (features + level-0 coords + the layout's attributes), pt (a plain (N, D) "
+                   "float32 tensor).")
+@click.option("--layout", type=click.Choice(["flat", "clam", "trident"]), default="flat", show_default=True,
+              help="flat: <out>/<slide>.h5 and .pt with TRIDENT's coords attributes. "
+                   "trident: TRIDENT's folders, <out>/patches/<slide>_patches.h5 and <out>/features_<encoder>/. "
+                   "clam: CLAM's folders, <out>/h5_files/, <out>/pt_files/, <out>/patches/<slide>.h5 and "
+                   "<out>/slide_ids.csv; patch_level/patch_size are the level and size slidestream read, so CLAM "
+                   "re-reads the same pixels with: python extract_features_fp.py --data_h5_dir OUT "
+                   "--data_slide_dir SLIDES --slide_ext .svs --csv_path OUT/slide_ids.csv --feat_dir FEATS "
+                   "--target_patch_size TILE_SIZE (the --tile-size the stores were cut with).")
 def export_features(stores, encoder, out, fmt, layout):
-    """Write the features of STORES as HDF5 and .pt bags, so other MIL code can use them."""
+    """Write the features of STORES as HDF5 and .pt bags, so other MIL code (CLAM, TRIDENT) can use them, and
+    re-read the same tiles from the slides if it wants to."""
     from ..pipeline.export import export_batch
     from ..pipeline.inputs import collect_stores
 

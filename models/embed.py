@@ -21,8 +21,10 @@ feature attributes, so features of different precision are never mixed in one ar
 
 from __future__ import annotations
 
+import math
 import os
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,7 +40,71 @@ from ..store import SlideStore
 from ..tiling.reads import patch_reader
 from ..wsi.slide import open_slide
 
-__all__ = ["EmbedResult", "embed_store", "feature_attrs"]
+__all__ = ["MPP_TOLERANCE", "EmbedResult", "MppMismatchWarning", "check_tile_mpp", "embed_store", "feature_attrs"]
+
+#: Relative difference between the tiles' µm/px and the encoder's beyond which embedding needs an explicit yes
+#: (``allow_mpp_mismatch``). 10 % lets through the usual scanner spread around a nominal magnification
+#: (0.2527 vs 0.25 µm/px, a 20x level at 0.5054) while refusing another magnification (0.25 or 1.0 for a 0.5
+#: encoder), which changes what a tile shows: cells twice or half the size the model learned from.
+MPP_TOLERANCE = 0.10
+
+
+class MppMismatchWarning(UserWarning):
+    """Tiles were embedded at another pixel size than the encoder expects (allowed explicitly)."""
+
+
+def check_tile_mpp(preset, tile_mpp: float | None, *, allow: bool = False, tolerance: float = MPP_TOLERANCE,
+                   where: str = "") -> dict | None:
+    """Compare the tiles' pixel size with the encoder preset's and refuse (or, when allowed, record) a mismatch.
+
+    Checked: every registered preset, the weight-free ``handcrafted`` encoder included (its nuclei-density and
+    texture statistics are scaled for its ``mpp``, 0.5 µm/px). Not checked: ad-hoc presets made from a plain timm
+    name (ImageNet models declare no pixel size), and stores that record none.
+
+    Parameters
+    ----------
+    preset : EncoderPreset
+        The encoder's preset; ``preset.mpp`` is the pixel size it expects, µm/px.
+    tile_mpp : float or None
+        Pixel size the tiles were cut at (the store's ``tiling["mpp"]``), µm/px.
+    allow : bool
+        Embed a mismatched store anyway (warns with :class:`MppMismatchWarning`).
+    tolerance : float
+        Largest accepted relative difference ``|tile_mpp / preset.mpp - 1|``.
+    where : str
+        What the tiles come from, for the messages (a store path).
+
+    Returns
+    -------
+    dict or None
+        None when the pixel sizes agree or are not checked; otherwise ``{"tile_mpp", "encoder_mpp",
+        "relative_difference", "tolerance"}``, for the feature attributes and the run record.
+
+    Raises
+    ------
+    ConfigError
+        The pixel sizes differ by more than ``tolerance`` and ``allow`` is False.
+    """
+    from .registry import list_encoders
+
+    if tile_mpp is None or preset.name not in list_encoders():
+        return None
+    tile_mpp, want = float(tile_mpp), float(preset.mpp)
+    rel = abs(tile_mpp / want - 1.0)
+    if not math.isfinite(rel) or rel <= tolerance:
+        return None
+    record = {"tile_mpp": tile_mpp, "encoder_mpp": want, "relative_difference": round(rel, 4),
+              "tolerance": tolerance}
+    prefix = f"{where}: " if where else ""
+    what = (f"{prefix}tiles were cut at {tile_mpp:g} µm/px but encoder {preset.name!r} expects {want:g} µm/px "
+            f"({rel:.0%} apart, more than the {tolerance:.0%} tolerated)")
+    if not allow:
+        raise ConfigError(f"{what}: its features would describe tissue at another scale than the model learned. "
+                          f"Retile with --target-mpp {want:g}, or pass --allow-mpp-mismatch (allow_mpp_mismatch=True) "
+                          "to embed anyway; the mismatch is then recorded with the features")
+    warnings.warn(f"{what}; embedding anyway (allowed), recorded in the features' attributes as mpp_mismatch",
+                  MppMismatchWarning, stacklevel=3)
+    return record
 
 Progress = Callable[[int, int], None]
 
@@ -76,6 +142,7 @@ class EmbedResult:
     source: str = ""
     device: str = ""
     dtype: str = ""
+    mpp_mismatch: dict | None = None
 
     @property
     def patches_per_s(self) -> float:
@@ -153,6 +220,7 @@ def embed_store(
     overwrite: bool = False,
     slide_path: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    allow_mpp_mismatch: bool = False,
 ) -> EmbedResult:
     """Embed every tile of ``store`` with ``encoder`` into ``features/<name>``, resuming where a run stopped.
 
@@ -186,6 +254,10 @@ def embed_store(
         Read tiles from this slide when the store holds no patches (default: the path recorded in the store).
     progress : callable(done_tiles, total_tiles), optional
         Called from the calling thread after each written chunk.
+    allow_mpp_mismatch : bool
+        Embed a store tiled at a pixel size more than :data:`MPP_TOLERANCE` away from the encoder preset's
+        (see :func:`check_tile_mpp`); the mismatch is recorded as ``mpp_mismatch`` in the feature attributes and
+        in :attr:`EmbedResult.mpp_mismatch`. Refused otherwise.
 
     Returns
     -------
@@ -196,7 +268,8 @@ def embed_store(
     StoreError
         Features exist with another encoder, weights, dtype or stain transform and ``overwrite`` is False.
     ConfigError
-        Bad ``out_dtype``/``amp_dtype``, or a stain transform on patches that were stain-normalised already.
+        Bad ``out_dtype``/``amp_dtype``, a stain transform on patches that were stain-normalised already, or tiles
+        at another pixel size than the encoder's without ``allow_mpp_mismatch``.
     SlideError
         The store holds no patches and the slide cannot be opened.
     """
@@ -204,6 +277,8 @@ def embed_store(
     if out_dtype not in _OUT_DTYPES:
         raise ConfigError(f"out_dtype {out_dtype!r} is not one of {', '.join(_OUT_DTYPES)}")
     amp = _resolve_amp(amp_dtype)
+    mismatch = check_tile_mpp(encoder.preset, store.tiling.get("mpp"), allow=allow_mpp_mismatch,
+                              where=str(store.path))
     name = name or encoder.preset.name
     key = f"features/{name}"
     device = _encoder_device(encoder)
@@ -221,6 +296,9 @@ def embed_store(
                               "e.g. slidestream.stain.get_normalizer('macenko')")
         stain_record = stain.to_dict()
     attrs = feature_attrs(encoder, dtype=compute_dtype, stain=stain_record)
+    if mismatch is not None:
+        # only when there is one: features of matching stores keep the attributes earlier versions wrote (resumable)
+        attrs["mpp_mismatch"] = mismatch
     arr = store.create_feature_array(name, int(encoder.embed_dim), dtype=out_dtype, attrs=attrs,
                                      overwrite=overwrite)
     slices = store.chunk_slices(key)
@@ -336,4 +414,4 @@ def embed_store(
     return EmbedResult(slide_id=store.slide_id, feature_key=key, n_tiles=total, chunks_written=written,
                        seconds=time.perf_counter() - t0, n_embedded=n_embedded,
                        source="patches" if from_patches else "slide", device=str(device),
-                       dtype=attrs["dtype"])
+                       dtype=attrs["dtype"], mpp_mismatch=mismatch)

@@ -1,21 +1,54 @@
-"""Feature export for other toolkits: TRIDENT/CLAM-style HDF5 and ``.pt`` bags.
+"""Feature export for other toolkits: HDF5 and ``.pt`` bags that CLAM and TRIDENT read the way they read their own.
 
-What is written for one store and one encoder (``<slide_id>`` is the store's name without ``.zarr``):
+Both tools re-read tile pixels from the slide with the attributes of a ``coords`` dataset, and they give
+``patch_size`` different meanings, so each layout writes the attributes of its tool (``<slide_id>`` is the store's
+name without ``.zarr``; every file is written under a temporary name and renamed, so a reader never sees half a
+file):
 
-``<slide_id>.h5`` (needs ``h5py``)
-    ``features``  float32 ``(N, D)``: the embeddings, one row per tile;
-    ``coords``    int64 ``(N, 2)``: level-0 x, y of each tile's top-left corner, the rows of ``features``.
-    Attributes of ``coords`` (where CLAM and TRIDENT read them): ``patch_size`` (pixels at the target MPP),
-    ``patch_level``, ``patch_size_level0`` (the tile's side in level-0 pixels), ``level0_magnification``,
-    ``target_magnification``, ``overlap``, ``name``. Attributes of ``features`` and of the file: the encoder's
-    provenance as stored (``encoder``, ``weights``, ``random_init``, ``dtype`` ...), ``mpp`` (target µm/px),
-    ``level0_mpp``, ``slide_path``, ``slide_id``, ``slidestream_version``. Non-scalar values are JSON strings.
-``<slide_id>.pt``
-    A plain float32 tensor ``(N, D)`` saved with ``torch.save`` (CLAM's ``pt_files``); loads with
-    ``torch.load(path, weights_only=True)``. Row order is that of ``coords`` in the HDF5 file and the store.
+``layout="flat"`` (default): ``<out>/<slide_id>.h5`` and ``<out>/<slide_id>.pt``, TRIDENT's attributes.
+``layout="trident"``: TRIDENT's job folder, ``<out>`` playing its ``<job_dir>/<coords_dir>``:
+    ``<out>/patches/<slide_id>_patches.h5`` (coordinates) and ``<out>/features_<encoder>/<slide_id>.h5|.pt``.
+``layout="clam"``: CLAM's folders: ``<out>/h5_files/<slide_id>.h5``, ``<out>/pt_files/<slide_id>.pt`` (what CLAM's
+    ``extract_features_fp.py`` writes and its MIL datasets read) and ``<out>/patches/<slide_id>.h5`` (coordinates,
+    what ``create_patches_fp.py`` writes and ``extract_features_fp.py`` reads).
 
-``layout="clam"`` puts them in ``h5_files/`` and ``pt_files/`` under ``out_dir``, where CLAM's dataset classes
-look. Every file is written under a temporary name and renamed, so a reader never sees half a file.
+The feature file holds ``features`` float32 ``(N, D)`` and ``coords`` int64 ``(N, 2)`` (level-0 x, y of each tile's
+top-left corner, the rows of ``features``); ``.pt`` is the same ``(N, D)`` float32 tensor saved with ``torch.save``
+(loads with ``torch.load(path, weights_only=True)``).
+
+Attributes of ``coords``, TRIDENT (``flat``, ``trident``; as ``trident/IO.py:coords_to_h5`` writes them):
+    ``patch_size`` (tile side in target pixels), ``patch_size_level0`` (its side in level-0 pixels),
+    ``level0_magnification``, ``target_magnification``, ``overlap`` (target pixels), ``name``, ``savetodir``,
+    ``level0_width``, ``level0_height``. TRIDENT reads ``round(patch_size * level0_magnification /
+    target_magnification)`` level-0 pixels (at the pyramid level closest below, ``int()`` of its downsample) and
+    resizes them to ``patch_size``. The magnifications written are the real ones, ``10 / µm/px`` of level 0 and
+    of the stored tiles (tile side in level-0 pixels / tile side in pixels), not TRIDENT's nominal buckets: a
+    0.2527 µm/px slide tiled 224 px at 0.5 µm/px gets 39.57x and 20.01x, so TRIDENT reads the same 443 level-0
+    pixels slidestream did (its own nominal 40x→20x would read 448).
+    The features dataset also gets TRIDENT's ``name``, ``savetodir`` and ``encoder`` (the encoder preset's name).
+
+Attributes of ``coords``, CLAM (``clam``; ``Whole_Slide_Bag_FP`` reads ``patch_level`` and ``patch_size`` and calls
+``read_region(coord, patch_level, (patch_size, patch_size))``):
+    ``patch_level`` (the pyramid level slidestream read), ``patch_size`` (pixels *at that level*: the tiler's read
+    size, 448 for 224 px at 0.5 µm/px read from a 0.25 µm/px level 0), ``target_patch_size`` (the stored tile
+    side, for CLAM's ``--target_patch_size``, which resizes before the encoder; CLAM itself does not read this
+    attribute), ``downsample`` (the level's, x and y), ``name``, ``save_path``. To re-extract the very tiles with
+    CLAM::
+
+        python extract_features_fp.py --data_h5_dir OUT --data_slide_dir SLIDES --slide_ext .svs \\
+            --csv_path OUT/slide_ids.csv --feat_dir FEATS --target_patch_size 224 --model_name resnet50_trunc
+
+    (``OUT/slide_ids.csv`` is written by :func:`slidestream.pipeline.export.export_batch`; the slide file must be
+    ``SLIDES/<slide_id><slide_ext>``, one extension per run.)
+
+Both tools resize with their own filter (PIL bicubic in TRIDENT, bilinear in CLAM's torchvision transform) where
+slidestream averages pixel blocks, so re-read tiles differ from the stored ones by a grey level or two, not by
+which tissue they show; stain normalisation applied at tiling is not reproduced by either.
+
+Every layout also writes slidestream's provenance on the features dataset and the file: the encoder's attributes
+as stored (``weights``, ``random_init``, ``dtype`` ...), ``feature_key``, ``slide_id``, ``slide_path``, ``mpp``
+(target µm/px), ``level0_mpp``, ``tile_size``, ``read_level``, ``read_size``, ``extent0``,
+``slidestream_version``. Non-scalar values are JSON strings.
 """
 
 from __future__ import annotations
@@ -31,12 +64,13 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError
+from ..fileio import atomic_path
 from ..store import SlideStore
 
-__all__ = ["FORMATS", "export_features"]
+__all__ = ["FORMATS", "LAYOUTS", "clam_coord_attrs", "export_features", "trident_coord_attrs"]
 
 FORMATS = ("h5", "pt")
-LAYOUTS = ("flat", "clam")
+LAYOUTS = ("flat", "clam", "trident")
 
 
 def _attr(value: Any) -> Any:
@@ -48,19 +82,101 @@ def _attr(value: Any) -> Any:
     return json.dumps(value)
 
 
-def _magnification(mpp: float | None) -> float:
-    # 10 µm / mpp is the usual microscope convention (0.25 µm/px = 40x); -1 as TRIDENT writes when unknown
-    return round(10.0 / mpp, 3) if mpp else -1.0
+def _tiling(store: SlideStore) -> tuple[int, int, int, float, int]:
+    t = store.tiling
+    return int(t["tile_size"]), int(t["level"]), int(t["read_size"]), float(t["extent0"]), int(t.get("overlap", 0))
 
 
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def trident_coord_attrs(store: SlideStore, savetodir: str | os.PathLike) -> dict[str, Any]:
+    """Attributes of ``coords`` with which TRIDENT reads the pixels of the store's tiles (see the module notes).
+
+    Parameters
+    ----------
+    store : SlideStore
+    savetodir : path
+        The coordinates folder, recorded as TRIDENT does.
+
+    Returns
+    -------
+    dict
+        ``patch_size``, ``patch_size_level0``, ``level0_magnification``, ``target_magnification``, ``overlap``,
+        ``name``, ``savetodir``, ``level0_width``, ``level0_height``; magnifications are -1 when the slide has no
+        pixel size.
+    """
+    tile_size, _, _, extent0, overlap = _tiling(store)
+    level0_mpp = store.slide.get("mpp")
+    w, h = (store.slide.get("dimensions") or [-1, -1])[:2]
+    level0_mag = 10.0 / float(level0_mpp) if level0_mpp else -1.0
+    # the tiles' own magnification: TRIDENT reads round(patch_size * level0_mag / target_mag) = round(extent0)
+    target_mag = level0_mag * tile_size / extent0 if level0_mpp else -1.0
+    return {
+        "patch_size": tile_size,
+        "patch_size_level0": int(round(extent0)),
+        "level0_magnification": level0_mag,
+        "target_magnification": target_mag,
+        "overlap": overlap,
+        "name": store.slide_id,
+        "savetodir": str(savetodir),
+        "level0_width": int(w),
+        "level0_height": int(h),
+    }
+
+
+def clam_coord_attrs(store: SlideStore, save_path: str | os.PathLike) -> dict[str, Any]:
+    """Attributes of ``coords`` with which CLAM's ``Whole_Slide_Bag_FP`` reads the pixels of the store's tiles.
+
+    Parameters
+    ----------
+    store : SlideStore
+    save_path : path
+        The coordinates folder, recorded as CLAM does.
+
+    Returns
+    -------
+    dict
+        ``patch_level``, ``patch_size`` (pixels at ``patch_level``), ``target_patch_size`` (the stored tile side),
+        ``downsample`` ((x, y) of ``patch_level``), ``name``, ``save_path``.
+    """
+    tile_size, level, read_size, extent0, _ = _tiling(store)
+    ds = extent0 / read_size
+    return {
+        "patch_level": level,
+        "patch_size": read_size,
+        "target_patch_size": tile_size,
+        "downsample": [ds, ds],
+        "name": store.slide_id,
+        "save_path": str(save_path),
+    }
+
+
+def _provenance(store: SlideStore, encoder_name: str) -> dict[str, Any]:
+    tile_size, level, read_size, extent0, _ = _tiling(store)
+    return {
+        **dict(store.group[f"features/{encoder_name}"].attrs),
+        "feature_key": f"features/{encoder_name}",
+        "slide_id": store.slide_id,
+        "slide_path": store.slide.get("path", ""),
+        "mpp": store.tiling.get("mpp"),
+        "level0_mpp": store.slide.get("mpp"),
+        "tile_size": tile_size,
+        "read_level": level,
+        "read_size": read_size,
+        "extent0": extent0,
+        "slidestream_version": __version__,
+    }
+
+
+def _write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict[str, dict[str, Any]]) -> Path:
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for name, data in datasets.items():
+                ds = f.create_dataset(name, data=data)
+                for k, v in attrs.get(name, {}).items():
+                    ds.attrs[k] = _attr(v)
+            for k, v in attrs.get("/", {}).items():
+                f.attrs[k] = _attr(v)
     return path
 
 
@@ -72,7 +188,7 @@ def export_features(
     *,
     layout: str = "flat",
 ) -> dict[str, Path]:
-    """Write ``features/<encoder_name>`` of one store as ``<slide_id>.h5`` and/or ``<slide_id>.pt``.
+    """Write ``features/<encoder_name>`` of one store as HDF5 and/or ``.pt`` in a CLAM, TRIDENT or flat layout.
 
     Parameters
     ----------
@@ -84,13 +200,14 @@ def export_features(
         Output folder (created when missing). Existing files of the same slide are replaced.
     formats : iterable of {"h5", "pt"}
         What to write.
-    layout : {"flat", "clam"}
-        ``"flat"``: both files in ``out_dir``; ``"clam"``: ``out_dir/h5_files`` and ``out_dir/pt_files``.
+    layout : {"flat", "clam", "trident"}
+        Where the files go and which tool's ``coords`` attributes they carry (see the module notes).
 
     Returns
     -------
     dict
-        ``{"h5": path, "pt": path}`` for the formats written.
+        ``{"h5": path, "pt": path}`` for the formats written, plus ``"coords"`` (the coordinates file) for the
+        ``clam`` and ``trident`` layouts when ``h5`` is written.
 
     Raises
     ------
@@ -107,58 +224,41 @@ def export_features(
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     if "h5" in formats:
         try:
-            import h5py
+            import h5py  # noqa: F401
         except ImportError:
             raise ConfigError("HDF5 export needs h5py: pip install h5py (or export only 'pt')") from None
     if not isinstance(store, SlideStore):
         store = SlideStore.open(store)
     features = store.read_features(encoder_name)  # float32 (N, D); raises StoreError when missing or incomplete
-    coords = np.asarray(store.coords, dtype=np.int64)
+    coords = np.asarray(store.coords, dtype=np.int64).reshape(-1, 2)
     out_dir = Path(out_dir)
-    slide_id = store.slide_id
+    sid = store.slide_id
+    if layout == "clam":
+        feat_dir, pt_dir, coords_path = out_dir / "h5_files", out_dir / "pt_files", out_dir / "patches" / f"{sid}.h5"
+        coord_attrs = clam_coord_attrs(store, out_dir / "patches")
+    elif layout == "trident":
+        feat_dir = pt_dir = out_dir / f"features_{encoder_name}"
+        coords_path = out_dir / "patches" / f"{sid}_patches.h5"
+        coord_attrs = trident_coord_attrs(store, out_dir)
+    else:
+        feat_dir = pt_dir = out_dir
+        coords_path = None
+        coord_attrs = trident_coord_attrs(store, out_dir)
     written: dict[str, Path] = {}
 
     if "h5" in formats:
-        tiling, slide = store.tiling, store.slide
-        level0_mpp = slide.get("mpp")
-        objective = slide.get("objective_power")
-        coord_attrs = {
-            "patch_size": int(tiling["tile_size"]),
-            "patch_level": int(tiling["level"]),
-            "patch_size_level0": round(float(tiling["extent0"])),
-            "level0_magnification": float(objective) if objective else _magnification(level0_mpp),
-            "target_magnification": _magnification(tiling.get("mpp")),
-            "overlap": int(tiling.get("overlap", 0)),
-            "name": slide_id,
-        }
-        feat_attrs = dict(store.group[f"features/{encoder_name}"].attrs)
-        file_attrs = {
-            **feat_attrs,
-            "feature_key": f"features/{encoder_name}",
-            "slide_id": slide_id,
-            "slide_path": slide.get("path", ""),
-            "mpp": tiling.get("mpp"),
-            "level0_mpp": level0_mpp,
-            "patch_size": coord_attrs["patch_size"],
-            "patch_level": coord_attrs["patch_level"],
-            "slidestream_version": __version__,
-        }
-
-        def write_h5(tmp: Path) -> None:
-            with h5py.File(tmp, "w") as f:
-                fd = f.create_dataset("features", data=features)
-                cd = f.create_dataset("coords", data=coords)
-                for k, v in coord_attrs.items():
-                    cd.attrs[k] = _attr(v)
-                for k, v in file_attrs.items():
-                    fd.attrs[k] = _attr(v)
-                    f.attrs[k] = _attr(v)
-
-        sub = out_dir / "h5_files" if layout == "clam" else out_dir
-        written["h5"] = _atomic(sub / f"{slide_id}.h5", write_h5)
+        provenance = _provenance(store, encoder_name)
+        feature_attrs = dict(provenance)
+        if layout != "clam":  # TRIDENT's features attributes (``encoder``, the preset name, is there already)
+            feature_attrs.update(name=sid, savetodir=str(feat_dir))
+        written["h5"] = _write_h5(feat_dir / f"{sid}.h5", {"features": features, "coords": coords},
+                                  {"features": feature_attrs, "coords": coord_attrs, "/": provenance})
+        if coords_path is not None:
+            written["coords"] = _write_h5(coords_path, {"coords": coords}, {"coords": coord_attrs})
 
     if "pt" in formats:
         tensor = torch.from_numpy(np.ascontiguousarray(features))
-        sub = out_dir / "pt_files" if layout == "clam" else out_dir
-        written["pt"] = _atomic(sub / f"{slide_id}.pt", lambda tmp: torch.save(tensor, tmp))
+        with atomic_path(pt_dir / f"{sid}.pt") as tmp:
+            torch.save(tensor, tmp)
+        written["pt"] = pt_dir / f"{sid}.pt"
     return written

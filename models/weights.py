@@ -348,7 +348,26 @@ def hub_overlay(preset: EncoderPreset) -> dict[str, Any]:
     if preset.hub_repo is None:
         raise CheckpointError(f"{preset.name}: no published weights; pass weights='none' or a local path")
     # hf_hub_filename=None: an architecture's own timm weights may name a file the preset's repo lacks
-    return dict(hf_hub_id=preset.hub_repo, hf_hub_filename=None, source="hf-hub", num_classes=0)
+    overlay: dict[str, Any] = dict(hf_hub_id=preset.hub_repo, hf_hub_filename=None, source="hf-hub")
+    # ``num_classes`` here says how many classes the *checkpoint's* classifier has. timm drops the classifier
+    # weights (and loads the rest strictly) only when the model's num_classes (0: slidestream pools itself) differs
+    # from it. Pathology repositories publish headless backbones (0); timm's own repositories (``timm/<arch>.<tag>``,
+    # e.g. resnet50-trunc's ImageNet weights) keep their classifier, which the architecture's pretrained config
+    # already describes: overriding it with 0 would make ``fc.weight``/``fc.bias`` unexpected keys of a strict load.
+    if not _is_timm_own_weights(preset):
+        overlay["num_classes"] = 0
+    return overlay
+
+
+def _is_timm_own_weights(preset: EncoderPreset) -> bool:
+    """True when the preset's hub repository is the one timm's pretrained config names for its architecture."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(preset.timm_name)
+    except (RuntimeError, ValueError):
+        return False
+    return cfg is not None and getattr(cfg, "hf_hub_id", None) == preset.hub_repo
 
 
 def _create_timm(preset: EncoderPreset, *, pretrained: bool) -> nn.Module:

@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..evaluation import binary_metrics, plot_froc, plot_roc
 from ..evaluation.plots import FROC_KEYS
 from ..evaluation.detections import detections_from_tiles, write_detections_csv
+from ..evaluation.froc import L0_MPP
 from ..evaluation.froc_files import evaluate_froc_dirs
 from ..fileio import atomic_write, strict_json, write_json
 from ..mil import TrainConfig
@@ -63,6 +64,10 @@ class BenchConfig:
     min_detection_score: float = 0.5
     nms_radius_um: float = 200.0
     tiling: TilingParams = field(default_factory=TilingParams)
+    #: Level-0 µm/px the lesion FROC is evaluated at. The official CAMELYON16 evaluation uses 0.243 for every
+    #: slide, whatever its scanner (0.243 or 0.226): it sets the 75 µm lesion growth and the 275 µm ITC size
+    #: in pixels, so published FROCs are only comparable at this value.
+    froc_mpp: float = L0_MPP
 
     def to_dict(self) -> dict:
         return {**asdict(self), "tiling": self.tiling.to_dict()}
@@ -197,6 +202,9 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
     """Run a whole CAMELYON16-style benchmark into ``out_dir`` (resumable at every stage)."""
     t0 = time.perf_counter()
     config = config or BenchConfig()
+    if not (isinstance(config.froc_mpp, (int, float)) and np.isfinite(config.froc_mpp) and config.froc_mpp > 0):
+        raise ConfigError(f"froc_mpp must be a positive number of µm/px (official CAMELYON16: {L0_MPP}), "
+                          f"got {config.froc_mpp!r}")
     reporter = reporter or QuietReporter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +225,9 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
     checkpoint = out_dir / "model"
     train_cfg = TrainConfig(head=config.head, epochs=config.epochs, lr=config.lr, seed=config.seed,
                             device=config.device, patience=None)
-    fingerprint = hashlib.sha256(json.dumps({"config": config.to_dict(),
+    # the FROC pixel size only changes the evaluation: another value must not retrain
+    trained_on = {k: v for k, v in config.to_dict().items() if k != "froc_mpp"}
+    fingerprint = hashlib.sha256(json.dumps({"config": trained_on,
                                              "train": sorted(it.slide_id for it in train)},
                                             sort_keys=True).encode()).hexdigest()[:16]
     done = False
@@ -254,8 +264,7 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
             if not target.exists():
                 target.write_bytes(Path(ann).read_bytes())
         sizes = {SlideStore.open(s).slide_id: tuple(SlideStore.open(s).slide["dimensions"]) for s in test_stores}
-        mpps = {SlideStore.open(s).slide["mpp"] for s in test_stores}
-        froc = evaluate_froc_dirs(det_dir, gt_dir, mpp=float(np.mean(list(mpps))), slide_sizes=sizes)
+        froc = evaluate_froc_dirs(det_dir, gt_dir, mpp=config.froc_mpp, slide_sizes=sizes)
         plot_froc(froc, out_dir / "froc.png")
 
     seconds = time.perf_counter() - t0
@@ -268,7 +277,7 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
             "feature_attrs", {}).get("weights"),
         "splits": {"train": [it.slide_id for it in train], "test": [it.slide_id for it in test]},
         "metrics": metrics,
-        "froc": None if froc is None else {k: froc[k] for k in ("sensitivity", "froc", "defined")},
+        "froc": None if froc is None else {k: froc[k] for k in ("sensitivity", "froc", "defined", "mpp")},
         "predictions": rows,
         "seconds": seconds,
     }))
@@ -290,7 +299,7 @@ def _write_report(out_dir: Path, config: BenchConfig, metrics: dict, froc: dict 
     ]
     if froc is not None:
         sens = ", ".join(f"{k} FP: {f(froc['sensitivity'][k])}" for k in FROC_KEYS)
-        lines.append(f"- **lesion FROC {f(froc['froc'])}** ({sens})")
+        lines.append(f"- **lesion FROC {f(froc['froc'])}** ({sens}; evaluated at {froc['mpp']:g} µm/px)")
     lines += [
         f"- encoder `{config.encoder}` (weights: {rec.get('encoder_weights')}), head `{config.head}`, "
         f"{config.folds}-fold CV, {config.epochs} epochs, lr {config.lr}, seed {config.seed}",

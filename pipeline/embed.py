@@ -39,6 +39,7 @@ def embed_batch(
     scheduler: str | None = None,
     reporter: Reporter | None = None,
     encoder=None,
+    allow_mpp_mismatch: bool = False,
 ) -> list[SlideOutcome]:
     """Embed the tiles of every store with one encoder (created once) into ``features/<encoder>``.
 
@@ -48,12 +49,18 @@ def embed_batch(
     ``scheduler`` (a ``dask.distributed`` address, or "local" for a local cluster) makes each store one task on
     the cluster's workers; every worker process creates the encoder once (:func:`embed_store_job`) and the stores
     (and the slides, for stores without patches) must be at the same paths on the workers.
+
+    A store tiled at a pixel size more than :data:`~slidestream.models.embed.MPP_TOLERANCE` away from the encoder
+    preset's fails with a message saying what to do, unless ``allow_mpp_mismatch``: then it is embedded, a warning
+    is logged, and the mismatch is recorded in the features' attributes and in the run record (the store's
+    ``mpp_mismatch`` detail).
     """
     reporter = reporter or QuietReporter()
     options = {"weights": weights, "device": device, "batch_size": batch_size, "overwrite": overwrite,
-               "stain": stain, "stain_reference": stain_reference}
+               "stain": stain, "stain_reference": stain_reference, "allow_mpp_mismatch": allow_mpp_mismatch}
     params = {"encoder": encoder_name, "weights": weights, "device": device, "stain": stain,
-              "stain_reference": stain_reference, "scheduler": scheduler}
+              "stain_reference": stain_reference, "scheduler": scheduler,
+              "allow_mpp_mismatch": allow_mpp_mismatch}
 
     def label(p) -> str:
         return Path(p).name.removesuffix(".zarr")
@@ -67,6 +74,7 @@ def embed_batch(
         if any(o.details.get("random_weights") for o in outcomes):
             reporter.log(f"[yellow]warning[/yellow]: encoder {encoder_name!r} has RANDOM weights; its features are "
                          "not meaningful for diagnosis")
+        _warn_mpp_mismatch(outcomes, encoder_name, reporter)
         return outcomes
 
     if encoder is None:
@@ -81,8 +89,19 @@ def embed_batch(
             return embed_store_job(path, encoder_name, options, encoder=encoder,
                                    progress=lambda d, n: t.update(d, n))
 
-    return run_stage(stores, "embed", one, reporter=reporter, record_dir=record_dir,
-                     params={**params, "weights": encoder.weights_source}, label=label, path=str)
+    outcomes = run_stage(stores, "embed", one, reporter=reporter, record_dir=record_dir,
+                         params={**params, "weights": encoder.weights_source}, label=label, path=str)
+    _warn_mpp_mismatch(outcomes, encoder_name, reporter)
+    return outcomes
+
+
+def _warn_mpp_mismatch(outcomes: list[SlideOutcome], encoder_name: str, reporter: Reporter) -> None:
+    odd = [o for o in outcomes if o.details.get("mpp_mismatch")]
+    if odd:
+        m = odd[0].details["mpp_mismatch"]
+        reporter.log(f"[yellow]warning[/yellow]: {len(odd)} store(s) embedded with {encoder_name!r} at another pixel "
+                     f"size than it expects (e.g. {odd[0].slide_id}: tiles {m['tile_mpp']:g} µm/px, encoder "
+                     f"{m['encoder_mpp']:g} µm/px); allowed by allow_mpp_mismatch and recorded as mpp_mismatch")
 
 
 # One encoder per (name, weights, device) per process: a cluster worker embeds many stores with the model it
@@ -109,15 +128,16 @@ def embed_store_job(path: str | os.PathLike, encoder_name: str, options: dict, *
         The store, as seen by the process running the job.
     encoder_name : str
     options : dict
-        ``weights``, ``device``, ``batch_size``, ``overwrite``, ``stain``, ``stain_reference`` of
-        :func:`embed_batch`.
+        ``weights``, ``device``, ``batch_size``, ``overwrite``, ``stain``, ``stain_reference`` and
+        ``allow_mpp_mismatch`` of :func:`embed_batch`.
     encoder : Encoder, optional
         Default: created once per process and kept for the next stores.
 
     Returns
     -------
     dict
-        ``tiles``, ``patches_per_s``, ``chunks_written``, ``worker``, ``random_weights`` and the private
+        ``tiles``, ``patches_per_s``, ``chunks_written``, ``worker``, ``random_weights``, ``mpp_mismatch`` (only
+        when the store's tiles are at another pixel size than the encoder's, allowed) and the private
         ``_status``/``_seconds`` keys.
     """
     t0 = time.perf_counter()
@@ -140,8 +160,13 @@ def embed_store_job(path: str | os.PathLike, encoder_name: str, options: dict, *
                     sample = np.stack([read(xy) for xy in store.coords[idx]])
             norm.fit_source(sample)
         res = embed_store(store, encoder, batch_size=options["batch_size"], overwrite=options["overwrite"],
-                          stain=norm, progress=progress)
+                          stain=norm, progress=progress,
+                          allow_mpp_mismatch=bool(options.get("allow_mpp_mismatch", False)))
     status = "skipped" if res.chunks_written == 0 else "ok"
-    return {"tiles": res.n_tiles, "patches_per_s": round(res.patches_per_s, 1), "chunks_written": res.chunks_written,
-            "worker": where_am_i(), "random_weights": bool(encoder.random_init), "_status": status,
-            "_seconds": time.perf_counter() - t0}
+    details = {"tiles": res.n_tiles, "patches_per_s": round(res.patches_per_s, 1),
+               "chunks_written": res.chunks_written, "worker": where_am_i(),
+               "random_weights": bool(encoder.random_init), "_status": status,
+               "_seconds": time.perf_counter() - t0}
+    if res.mpp_mismatch is not None:
+        details["mpp_mismatch"] = res.mpp_mismatch
+    return details

@@ -19,9 +19,31 @@ from .records import SlideOutcome
 from .reporting import QuietReporter, Reporter
 from .runner import run_per_slide
 
-__all__ = ["TISSUE_COLOR", "heatmap_batch", "write_slide_outputs"]
+__all__ = ["TISSUE_COLOR", "grid_geometry", "heatmap_batch", "write_slide_outputs"]
 
 TISSUE_COLOR = (80, 200, 120)
+
+
+def grid_geometry(tiling: dict, slide_mpp: float) -> tuple[float, float]:
+    """Nominal tile side and grid stride, in level-0 pixels, of a store's tiles, as
+    :func:`slidestream.tiling.grid.plan_reads` computed them for the tiler's grid.
+
+    The stored ``extent0`` is the rounded read size times the level's downsample; the side here is the unrounded
+    one (``tile_size`` target pixels), equal to the stride when tiles do not overlap, so that
+    :func:`~slidestream.annotations.tumor_regions` can tell abutting tiles from overlapping ones exactly.
+
+    Returns
+    -------
+    side0, stride0 : float
+        ``tile_size * scale0`` and ``(tile_size - overlap) * scale0``, with ``scale0`` the level-0 pixels per
+        target pixel.
+    """
+    size, overlap = int(tiling["tile_size"]), int(tiling.get("overlap", 0))
+    if int(tiling["read_size"]) == size:
+        scale0 = float(tiling["extent0"]) / size  # read unresized: one target pixel is one level pixel
+    else:
+        scale0 = float(tiling["mpp"]) / float(slide_mpp)
+    return size * scale0, (size - overlap) * scale0
 
 
 def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.PathLike, *,
@@ -59,7 +81,9 @@ def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.Pat
         features += region_features(tissue, "Tissue", TISSUE_COLOR, name="Tissue", offset=(bx, by),
                                     slide_size=(bw, bh), locked=True)
         if threshold is not None:
-            for poly, stats in tumor_regions(coords, tile0, values, threshold, mpp=store.slide["mpp"]):
+            side0, stride0 = grid_geometry(store.tiling, store.slide["mpp"])
+            for poly, stats in tumor_regions(coords, side0, values, threshold, stride=stride0,
+                                             mpp=store.slide["mpp"]):
                 features += region_features(poly, "Tumor", (200, 0, 0), name="High attention",
                                             measurements=stats, offset=(bx, by), slide_size=(bw, bh))
         paths["geojson"] = write_geojson(out_dir / f"{store.slide_id}.geojson", features, check=True,

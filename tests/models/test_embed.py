@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 
 from slidestream.errors import ConfigError, SlideError, StoreError
 from slidestream.models import RandomWeightsWarning, create_encoder
-from slidestream.models.embed import embed_store
+from slidestream.models import get_preset
+from slidestream.models.embed import MPP_TOLERANCE, MppMismatchWarning, check_tile_mpp, embed_store
 from slidestream.stain import get_normalizer
 from slidestream.tiling.grid import TilingParams
 from slidestream.store import SlideStore
@@ -43,13 +44,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> dict[str, Path]:
-    """One synthetic slide tiled twice (224 px at 0.5 µm/px, chunks of 4 tiles): with and without patches."""
+    """One synthetic slide tiled twice (224 px at 0.5 µm/px, chunks of 4 tiles): with and without patches; and
+    once more at 1 µm/px (another pixel size than the 0.5 µm/px presets expect)."""
     root = tmp_path_factory.mktemp("embed")
     slide = write_synthetic_slide(root / "slide.svs", SynthConfig(width=2048, height=2048, mpp=0.5, seed=3)).path
     params = TilingParams(mpp=0.5, tile_size=224)
     with_patches = tile_slide(slide, root / "patches", params, chunk_tiles=CHUNK).store
     coords_only = tile_slide(slide, root / "coords", params, chunk_tiles=CHUNK, save_patches=False).store
-    return {"slide": slide, "patches": with_patches, "coords": coords_only}
+    coarse = tile_slide(slide, root / "coarse", TilingParams(mpp=1.0, tile_size=112, min_tissue=0.25),
+                        chunk_tiles=CHUNK).store
+    return {"slide": slide, "patches": with_patches, "coords": coords_only, "coarse": coarse}
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +325,38 @@ def test_cuda_bf16_autocast_is_close_to_fp32_and_resumes(store, tiny):
     assert res.dtype == "bfloat16" and fp32.compute_dtype == torch.float32
     np.testing.assert_allclose(_raw(store, "g").astype(np.float32), _raw(store, "f").astype(np.float32),
                                rtol=2e-2, atol=2e-2)
+
+
+def test_tiles_at_another_pixel_size_are_refused_unless_allowed(stores, tmp_path, handcrafted):
+    store = _copy(stores["coarse"], tmp_path, "a")
+    assert store.tiling["mpp"] == 1.0 and handcrafted.preset.mpp == 0.5 and store.n_tiles
+    with pytest.raises(ConfigError, match=r"cut at 1 µm/px .* expects 0.5 µm/px") as exc:
+        embed_store(store, handcrafted)
+    assert "--allow-mpp-mismatch" in str(exc.value) and "--target-mpp 0.5" in str(exc.value)
+    assert "features/handcrafted" not in store.group  # refused before anything was written
+    with pytest.warns(MppMismatchWarning, match="embedding anyway"):
+        res = embed_store(store, handcrafted, allow_mpp_mismatch=True)
+    expected = {"tile_mpp": 1.0, "encoder_mpp": 0.5, "relative_difference": 1.0, "tolerance": MPP_TOLERANCE}
+    assert res.mpp_mismatch == expected and res.n_embedded == store.n_tiles
+    assert dict(store.group["features/handcrafted"].attrs)["mpp_mismatch"] == expected
+    # a matching store records nothing: its attributes stay those of earlier versions (resumable)
+    ok = _copy(stores["patches"], tmp_path, "b")
+    assert embed_store(ok, handcrafted).mpp_mismatch is None
+    assert "mpp_mismatch" not in dict(ok.group["features/handcrafted"].attrs)
+
+
+def test_pixel_size_tolerance_and_which_encoders_are_checked(stores, tmp_path):
+    uni = get_preset("uni")
+    assert check_tile_mpp(uni, 0.5) is None and check_tile_mpp(uni, 0.5054) is None  # a 0.2527 slide's 2x level
+    assert check_tile_mpp(uni, 0.5 * (1 + MPP_TOLERANCE) - 1e-6) is None
+    with pytest.raises(ConfigError, match="'uni' expects 0.5"):
+        check_tile_mpp(uni, 0.5 * (1 + MPP_TOLERANCE) + 1e-3)
+    with pytest.raises(ConfigError):
+        check_tile_mpp(uni, 0.25)
+    assert check_tile_mpp(uni, None) is None  # a store that records no pixel size
+    # a plain timm name (ImageNet model) declares no pixel size: never refused, nothing recorded
+    store = _copy(stores["coarse"], tmp_path, "c")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MppMismatchWarning)
+        res = embed_store(store, _random_encoder(), name="tiny")
+    assert res.mpp_mismatch is None and "mpp_mismatch" not in dict(store.group["features/tiny"].attrs)

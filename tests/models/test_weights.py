@@ -322,3 +322,39 @@ def test_new_transformers_presets_explain_what_they_need():
     with pytest.raises(CheckpointError, match="pip install") as exc:
         create_encoder("phikon", weights="hub")
     assert "owkin/phikon" in str(exc.value) and "weights=PATH" in str(exc.value)
+
+
+@pytest.mark.parametrize("name, arch", [("resnet50-trunc", "resnet50"), ("resnet18.a1_in1k", "resnet18")])
+def test_hub_weights_with_a_classifier_load_as_timm_loads_them(tmp_path, monkeypatch, name, arch):
+    # timm's own hub checkpoints (timm/resnet50.tv_in1k) hold the ImageNet classifier (fc.weight, fc.bias). The
+    # download is replaced by a local file with exactly those keys: timm's loader then runs the same code as for
+    # the hub (pretrained_cfg 'file' instead of 'hf_hub_id'), with the overlay slidestream really passes
+    import slidestream.models.weights as weights_mod
+
+    torch.manual_seed(5)
+    full = timm.create_model(arch, pretrained=False).eval()  # num_classes=1000: the checkpoint's key set
+    state = full.state_dict()
+    assert {"fc.weight", "fc.bias"} <= set(state) and state["fc.weight"].shape[0] == 1000
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path))
+    real_overlay = weights_mod.hub_overlay
+
+    def local_file(preset):
+        overlay = real_overlay(preset)
+        assert overlay["hf_hub_id"] == preset.hub_repo
+        return {**overlay, "source": "", "file": str(path)}  # timm's 'file' source outranks the hub id
+
+    monkeypatch.setattr(weights_mod, "hub_overlay", local_file)
+    enc = create_encoder(name, weights="hub")
+    assert enc.weights_source == f"hub:{get_preset(name).hub_repo}" and not enc.random_init
+    backbone = enc.backbone
+    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer3.0.bn1.running_mean"):
+        torch.testing.assert_close(backbone.state_dict()[key], state[key], rtol=0, atol=0)
+    # the same numbers as the same file loaded as local weights
+    monkeypatch.setattr(weights_mod, "hub_overlay", real_overlay)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an ad-hoc preset's local load warns that it has no use for fc.*
+        local = create_encoder(name, weights=path)
+    x = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        torch.testing.assert_close(enc(x), local(x), rtol=0, atol=0)

@@ -12,6 +12,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from slidestream.evaluation.froc import L0_MPP
+from slidestream.evaluation.froc_files import evaluate_froc_dirs
 from slidestream.pipeline.bench import assign_holdout, benchmark_inputs
 from slidestream.cli.main import main
 from slidestream.synth import SynthConfig, write_synthetic_dataset
@@ -36,6 +38,11 @@ def test_bench_reports_auc_froc_and_resumes(dataset, tmp_path):
     record = json.loads((out / "bench.json").read_text())
     assert record["metrics"]["auc"] >= 0.75
     assert set(record["froc"]["sensitivity"]) == {"0.25", "0.5", "1", "2", "4", "8"}
+    # the official evaluation grows lesions and sizes ITCs at 0.243 µm/px for every slide, even these 0.5 µm/px ones
+    assert record["froc"]["mpp"] == L0_MPP
+    sizes = {sid: (3072, 3072) for sid in record["splits"]["test"]}
+    official = evaluate_froc_dirs(out / "detections", out / "ground_truth", mpp=L0_MPP, slide_sizes=sizes)
+    assert record["froc"]["froc"] == pytest.approx(official["froc"])
     assert record["splits"]["test"] and not set(record["splits"]["test"]) & set(record["splits"]["train"])
     assert record["software"]["slidestream"] and record["checkpoint"]["sha256"]
     for name in ("report.md", "roc.png", "froc.png", "predictions.csv"):
@@ -51,6 +58,16 @@ def test_bench_reports_auc_froc_and_resumes(dataset, tmp_path):
     assert embeds["counts"] == {"ok": 0, "skipped": 10, "failed": 0}
     assert ckpt.stat().st_mtime_ns == mtime, "training ran again"
     assert json.loads((out / "bench.json").read_text())["metrics"]["auc"] == record["metrics"]["auc"]
+    # another FROC pixel size re-evaluates without retraining, and is recorded
+    other = CliRunner().invoke(main, ["bench", str(dataset), "--out", str(out), *ARGS, "--froc-mpp", "0.5"])
+    assert other.exit_code == 0, other.output
+    assert ckpt.stat().st_mtime_ns == mtime, "training ran again for another FROC pixel size"
+    again_record = json.loads((out / "bench.json").read_text())
+    assert again_record["froc"]["mpp"] == 0.5 and "0.5 µm/px" in (out / "report.md").read_text()
+    at_half = evaluate_froc_dirs(out / "detections", out / "ground_truth", mpp=0.5, slide_sizes=sizes)
+    assert again_record["froc"]["froc"] == pytest.approx(at_half["froc"])
+    bad = CliRunner().invoke(main, ["bench", str(dataset), "--out", str(out), *ARGS, "--froc-mpp", "-1"])
+    assert bad.exit_code != 0 and "froc_mpp must be a positive" in bad.output
     st = CliRunner().invoke(main, ["status", str(out / "stores"), "--json"])
     assert st.exit_code == 0, st.output
     status = json.loads(st.output)
