@@ -10,6 +10,7 @@ Jobs: ``native`` (256 px at the slide's 0.25 µm/px: its own JPEG tiles, kept as
 0.5 µm/px: decoded, reduced and stored as lossless pixels); features are float16 ``(N, 1024)``.
 
     PYTHONPATH=... .venv/bin/python bench/checksums.py --size 16384x12288 --rounds 5
+    .venv/bin/python bench/checksums.py --only 20x --ab --rounds 9   # with and without crc32c, one process
 """
 
 from __future__ import annotations
@@ -80,12 +81,71 @@ def _job(slide: Path, work: Path, params: TilingParams, rounds: int) -> dict:
                       for k, v in rows.items()}}
 
 
+def _codec_ab(store_path: Path, work: Path, rounds: int) -> dict[str, tuple[float, float]]:
+    """The same data through Zarr with and without the ``crc32c`` codec, alternately in this process: ms per
+    chunk to write and to read, (without, with), for the store's pixel patches and for float16 features."""
+    import zarr
+    from zarr.codecs import Crc32cCodec
+
+    store = SlideStore.open(store_path)
+    src = store.group["patches"]
+    patches = store.patches[...]
+    feats = np.random.default_rng(0).standard_normal((len(patches), FEATURE_DIM)).astype(np.float16)
+    out: dict[str, tuple[float, float]] = {}
+    for name, data, chunks, compressors in (
+            ("patches", patches, src.chunks, [c for c in src.compressors if not isinstance(c, Crc32cCodec)]),
+            ("features", feats, (src.chunks[0], FEATURE_DIM), "auto")):
+        times: dict[tuple[str, bool], list[float]] = {}
+        for _ in range(rounds):
+            for crc in (False, True):
+                comp = compressors if compressors != "auto" else [zarr.codecs.ZstdCodec(level=0)]
+                arr = zarr.create_array(work / f"ab-{name}-{crc}.zarr", shape=data.shape, dtype=data.dtype,
+                                        chunks=chunks, compressors=[*comp, *([Crc32cCodec()] if crc else [])],
+                                        overwrite=True, config={"write_empty_chunks": True})
+                n = arr.nchunks
+                t0 = time.perf_counter()
+                arr[...] = data
+                times.setdefault(("write", crc), []).append((time.perf_counter() - t0) / n * 1e3)
+                t0 = time.perf_counter()
+                arr[...]
+                times.setdefault(("read", crc), []).append((time.perf_counter() - t0) / n * 1e3)
+        for step in ("write", "read"):
+            out[f"{name} {step}"] = (statistics.median(times[(step, False)]), statistics.median(times[(step, True)]))
+    return out
+
+
+def _hand_path(store_path: Path, rounds: int) -> tuple[float, float]:
+    """What the tiler's own pixel-chunk write does per chunk, CPU ms: Blosc (the array's settings), and the CRC32C
+    of the compressed bytes that schema 3 appends."""
+    import numcodecs
+
+    from slidestream.store.integrity import crc32c_bytes
+
+    store = SlideStore.open(store_path)
+    blosc = numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.NOSHUFFLE)
+    chunks = [np.ascontiguousarray(store.patches[s]) for s in store.chunk_slices("patches")]
+    enc, crc = [], []
+    for _ in range(rounds):
+        for chunk in chunks:
+            c0 = time.process_time()
+            data = blosc.encode(chunk)
+            c1 = time.process_time()
+            crc32c_bytes(data)
+            c2 = time.process_time()
+            enc.append(c1 - c0)
+            crc.append(c2 - c1)
+    return statistics.mean(enc) * 1e3, statistics.mean(crc) * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="16384x12288", help="synthetic slide size WxH (default %(default)s)")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "slidestream-bench"))
     parser.add_argument("--rounds", type=int, default=5, help="repeats, median kept (%(default)s)")
     parser.add_argument("--only", choices=list(JOBS), action="append", help="run only these jobs")
+    parser.add_argument("--ab", action="store_true",
+                        help="also: the 20x job's patches and features through Zarr with and without crc32c, "
+                             "alternately in this process (ms per chunk)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     slide = synthetic_slide(Path(args.cache_dir), width, height)
@@ -97,6 +157,14 @@ def main() -> None:
             print(f"{name}: {r['tiles']} tiles, {r['encoding']} patches (tiles/s: CPU | wall, median of {args.rounds})")
             for step, (cpu, wall) in r["rates"].items():
                 print(f"  {step:<16} {cpu:10,.0f} | {wall:10,.0f}")
+        if args.ab:
+            res = tile_slide(slide, work / "ab", JOBS["20x"], workers=1)
+            print(f"crc32c codec on {res.n_tiles} tiles of the 20x job (ms per chunk of 64 tiles, wall, median of "
+                  f"{args.rounds}): without | with")
+            for step, (without, with_) in _codec_ab(res.store, work, args.rounds).items():
+                print(f"  {step:<16} {without:8.2f} | {with_:8.2f}  ({with_ / without - 1:+.1%})")
+            enc, crc = _hand_path(res.store, args.rounds)
+            print(f"  the tiler's pixel chunk (CPU ms per chunk, mean): Blosc {enc:.2f}, CRC32C {crc:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -409,9 +409,9 @@ class SlideStore:
             raise StoreError(f"{self.path}: {len(values)} values for a chunk of {rows} in {array}")
         chunk = np.full(rows, arr.fill_value, dtype=arr.dtype.newbyteorder("<"))
         chunk[: len(values)] = values
-        data = chunk.tobytes()
+        data = [chunk.tobytes()]
         if isinstance(arr.metadata.codecs[-1], Crc32cCodec):
-            data += crc32c_bytes(data)
+            data.append(crc32c_bytes(data[0]))
         self._write_file(arr, (chunk_index,), data)
 
     def write_pixel_chunk(self, chunk_index: int, batch: np.ndarray) -> None:
@@ -440,9 +440,9 @@ class SlideStore:
         if len(batch) < rows:  # Zarr stores whole chunks: the last one is padded with the fill value
             pad = np.full((rows - len(batch), *batch.shape[1:]), arr.fill_value, dtype=np.uint8)
             batch = np.concatenate([batch, pad])
-        data = bytes(blosc.encode(np.ascontiguousarray(batch, dtype=np.uint8)))
+        data = [blosc.encode(np.ascontiguousarray(batch, dtype=np.uint8))]
         if isinstance(arr.metadata.codecs[-1], Crc32cCodec):
-            data += crc32c_bytes(data)
+            data.append(crc32c_bytes(data[0]))
         self._write_file(arr, (chunk_index, 0, 0, 0), data)
 
     def write_jpeg_shard(self, chunk_index: int, tiles: Sequence[bytes]) -> None:
@@ -475,9 +475,10 @@ class SlideStore:
         index[: len(tiles), 1] = lengths
         index[: len(tiles), 0] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint64)
         index_bytes = index.tobytes()
-        self._write_file(arr, (chunk_index, 0, 0, 0), b"".join([*parts, index_bytes, crc32c_bytes(index_bytes)]))
+        self._write_file(arr, (chunk_index, 0, 0, 0), [*parts, index_bytes, crc32c_bytes(index_bytes)])
 
-    def _write_file(self, arr: zarr.Array, chunk_coords: tuple[int, ...], data: bytes) -> None:
+    def _write_file(self, arr: zarr.Array, chunk_coords: tuple[int, ...], data: Sequence[bytes]) -> None:
+        """Write a chunk file from ``data``, its parts in order (not joined first: no copy of the chunk)."""
         target = self.path / arr.path / arr.metadata.encode_chunk_key(chunk_coords)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
         if target.parent not in self._dirs:
@@ -485,10 +486,12 @@ class SlideStore:
             self._dirs.add(target.parent)
         try:
             try:
-                tmp.write_bytes(data)
+                f = open(tmp, "wb")
             except FileNotFoundError:  # the folder went away with an array rewritten through another handle
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(data)
+                f = open(tmp, "wb")
+            with f:
+                f.writelines(data)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
