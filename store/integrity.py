@@ -107,8 +107,9 @@ def _missing_message(root: Path, array: str, coords: tuple[int, ...]) -> str:
     marker = _marker_array(array)
     if (marker is not None and (root / marker / "zarr.json").is_file()
             and not (root / marker / "c" / str(index)).exists()):
+        command = {"features": "embed", "scores": "predict"}.get(array.split("/")[0], "tile")
         return (f"{root}: chunk {index} of {array} is not written yet (the run writing {array} did not finish); "
-                "rerun that command to resume")
+                f"rerun `slidestream {command}` with the same options to resume")
     key = "/".join([array, "c", *map(str, coords)])
     return damaged_message(root, array, index, f"its file {key} is missing")
 
@@ -361,7 +362,9 @@ def _list_arrays(root: Path) -> tuple[list[str], list[Damage]]:
         dirnames.sort()
         rel = Path(dirpath).relative_to(root).as_posix()
         if "zarr.json" not in filenames:
-            dirnames[:] = []  # chunk folders (c/...) and leftovers: no nodes below
+            if "c" in dirnames:  # chunks without the metadata that says how to read them
+                damage.append(Damage(rel, None, "its zarr.json is missing (chunk files without array metadata)"))
+                dirnames[:] = []
             continue
         try:
             meta = json.loads((Path(dirpath) / "zarr.json").read_text())

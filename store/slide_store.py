@@ -382,9 +382,10 @@ class SlideStore:
         reads it first, and a new chunk is not there yet) and writing every chunk, fill value or not."""
         arr = self._writers.get(name)
         if arr is None:
-            store = LocalStore(self.path, read_only=False)
-            arr = self._writers[name] = zarr.open_array(store, path=name, mode="r+").with_config(
-                {"write_empty_chunks": True})
+            read_only = self.group.store.read_only  # a store opened with mode "r" stays read-only
+            arr = self._writers[name] = zarr.open_array(
+                LocalStore(self.path, read_only=read_only), path=name, mode="r" if read_only else "r+",
+            ).with_config({"write_empty_chunks": True})
         return arr
 
     @property

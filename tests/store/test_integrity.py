@@ -80,9 +80,22 @@ def test_unreadable_metadata_is_damage(tmp_path):
     (store.path / "tissue" / "zarr.json").write_text("{not json")
     check = verify_store(store.path)
     assert [d.array for d in check.damage] == ["tissue"] and "unreadable zarr.json" in check.damage[0].problem
+    (store.path / "coords" / "zarr.json").unlink()
+    check = verify_store(store.path)
+    assert sorted((d.array, d.problem.split(":")[0]) for d in check.damage) == [
+        ("coords", "its zarr.json is missing (chunk files without array metadata)"),
+        ("tissue", "unreadable zarr.json")]
     (store.path / "zarr.json").unlink()
     check = verify_store(store.path)
     assert [d.array for d in check.damage] == ["(root)"]
+
+
+def test_a_read_only_store_stays_read_only(tmp_path):
+    store = _store(tmp_path)
+    ro = SlideStore.open(store.path)
+    with pytest.raises(ValueError, match="read-only"):
+        ro.write_chunk("patches", 0, np.zeros((4, 8, 8, 3), np.uint8))
+    assert not (store.path / "patches" / "c").exists()
 
 
 def test_rows_of_selections():
