@@ -43,6 +43,10 @@ def train(manifest, stores, encoder, out, head, folds, epochs, lr, seed, device)
                f"(95% CI {m.get('auc_ci_low', float('nan')):.3f}–{m.get('auc_ci_high', float('nan')):.3f}); "
                f"temperature {summary.temperature:.3f}")
     click.echo(f"checkpoint: {summary.checkpoint}")
+    for o in summary.failed:
+        err.print(f"[red]✗[/red] {o.slide_id} (left out): {o.error}")
+    if summary.failed:
+        sys.exit(1)
 
 
 @click.command()

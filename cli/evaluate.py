@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -16,24 +17,55 @@ __all__ = ["bench", "demo", "evaluate", "status"]
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
-def status(folder, as_json):
+@click.option("--verify", is_flag=True,
+              help="Also read every chunk of every array of every store and check it (checksums, missing files); "
+                   "names each damaged store, array and chunk with the command that repairs it, and exits with "
+                   "status 1 when anything is damaged.")
+def status(folder, as_json, verify):
     """What FOLDER (a folder of stores) holds per slide, and what its run records say (counts, failures)."""
     from ..pipeline.status import folder_status
 
-    st = folder_status(folder)
+    st = folder_status(folder, verify=verify, reporter=reporter() if verify else None)
     if as_json:
         click.echo(json.dumps(st, indent=2, default=str))
-        return
+    else:
+        _print_status(folder, st)
+    if st.get("damaged"):
+        err.print(f"[red]{len(st['damaged'])} of {len(st['stores'])} store(s) damaged[/red]: "
+                  f"{', '.join(st['damaged'])}")
+        sys.exit(1)
+
+
+def _print_status(folder: Path, st: dict) -> None:
     t = Table(title=f"{len(st['stores'])} store(s) in {folder}")
-    for c in ("slide", "tiles", "patches", "features", "scores", "status"):
+    columns = ["slide", "tiles", "patches", "features", "scores", "status"] + (["verified"] if "damaged" in st else [])
+    for c in columns:
         t.add_column(c, overflow="fold")
     for s in st["stores"]:
+        check = s.get("verify")
+        verified = []
+        if check is not None:
+            verified = [f"[green]ok[/green] ({check['chunks']} chunks)" if check["ok"]
+                        else f"[red]damaged[/red] ({len(check['damage'])})"]
         if "error" in s:
-            t.add_row(s["slide_id"], "", "", "", "", f"[red]{s['error']}[/red]")
+            t.add_row(s["slide_id"], "", "", "", "", f"[red]{s['error']}[/red]", *verified)
             continue
         t.add_row(s["slide_id"], str(s["tiles"]), "yes" if s["patches"] else "no", ", ".join(s["features"]) or "-",
-                  ", ".join(s["scores"]) or "-", ", ".join(f"{k}: {v}" for k, v in s["status"].items()))
+                  ", ".join(s["scores"]) or "-", ", ".join(f"{k}: {v}" for k, v in s["status"].items()), *verified)
     out.print(t)
+    for s in st["stores"]:
+        check = s.get("verify")
+        if check is None:
+            continue
+        for d in check["damage"]:
+            where = d["array"] + (f" chunk {d['chunk']}" if d["chunk"] is not None else "")
+            err.print(f"  [red]✗[/red] {check['path']}: {where}: {d['problem']}")
+        if check["damage"]:
+            err.print(f"    to repair: {check['hint']}")
+        if check["unprotected"]:
+            err.print(f"  [yellow]![/yellow] {s['slide_id']}: no checksums in {', '.join(check['unprotected'])} "
+                      "(a store from before schema 3): only missing and undecodable chunks can be found there; "
+                      "`tile --overwrite` / `embed --overwrite` rewrite them with checksums")
     for stage, r in st["runs"].items():
         counts = ", ".join(f"{k} {v}" for k, v in r.get("counts", {}).items())
         out.print(f"run {stage}: {counts} (finished {r.get('finished')})")

@@ -111,13 +111,16 @@ def heatmap_batch(stores: list[Path], out_dir: str | os.PathLike, *, model_name:
                   threshold: float | None = None, column: str | None = None,
                   reporter: Reporter | None = None) -> list[SlideOutcome]:
     """GeoJSON/PNG heatmaps for many stores, from stored ``scores/<model_name>``, or computed first from the
-    stores' features with ``checkpoint`` (heatmaps from already-extracted features)."""
+    stores' features with ``checkpoint`` (heatmaps from already-extracted features). Slides whose scores cannot
+    be computed (features missing or damaged) come first among the outcomes, failed."""
     reporter = reporter or QuietReporter()
     probs: dict[str, float] = {}
+    failed: list[SlideOutcome] = []  # slides whose scores could not be computed: reported with the heatmaps'
     if checkpoint is not None:
         model_name = model_name or Path(checkpoint).name
         rows, outcomes = predict_stores(stores, checkpoint, model_name=model_name, reporter=reporter)
         probs = {r["slide_id"]: r["calibrated_probability"] for r in rows}
+        failed = [o for o in outcomes if o.status == "failed"]
         stores = [p for p, o in zip(stores, outcomes) if o.status != "failed"]
     if not model_name:
         raise ConfigError("name the scores to draw with --model NAME (see scores/ in the stores), or pass "
@@ -129,4 +132,5 @@ def heatmap_batch(stores: list[Path], out_dir: str | os.PathLike, *, model_name:
                                     formats=formats, column=column)
         return {k: str(v) for k, v in paths.items()}
 
-    return run_per_slide(stores, "heatmap", one, reporter, label=lambda p: p.name.removesuffix(".zarr"), path=str)
+    return failed + run_per_slide(stores, "heatmap", one, reporter, label=lambda p: p.name.removesuffix(".zarr"),
+                                  path=str)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from ..mil.standardize import fit_feature_norm
 from ..store import SlideStore
 from .bags import labelled_bags
 from .inputs import SlideInput
+from .records import SlideOutcome
 from .reporting import QuietReporter, Reporter
 
 __all__ = ["TrainSummary", "train_from_stores"]
@@ -28,6 +29,7 @@ class TrainSummary:
     cv_metrics: dict
     temperature: float
     seconds: float
+    failed: list[SlideOutcome] = field(default_factory=list)  # slides left out: no, incomplete or damaged features
 
 
 def train_from_stores(
@@ -55,7 +57,7 @@ def train_from_stores(
     bags, outcomes = labelled_bags(train, stores_dir, encoder_name, reporter)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
-        reporter.log(f"[yellow]{len(failed)} slide(s) left out of training (no features)[/yellow]")
+        reporter.log(f"[yellow]{len(failed)} slide(s) left out of training (features missing or damaged)[/yellow]")
     labels = np.array([b.label for b in bags])
     if len(set(labels.tolist())) < 2:
         raise ConfigError("training needs slides of both classes (labels 0 and 1)")
@@ -82,4 +84,4 @@ def train_from_stores(
     }
     path = save_checkpoint(checkpoint, cv.models, config, meta, temperature=temperature)
     return TrainSummary(checkpoint=Path(path), n_slides=len(bags), folds=k, cv_metrics=cv.metrics,
-                        temperature=temperature, seconds=time.perf_counter() - t0)
+                        temperature=temperature, seconds=time.perf_counter() - t0, failed=failed)

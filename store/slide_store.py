@@ -14,6 +14,13 @@ Layout of ``<out>/<slide_id>.zarr`` (a Zarr v3 group)::
     scores/<model>         float32 (N, K) per-tile attention / instance scores
     done/<array path>      uint8 (n_chunks,): 1 where a chunk of that array is completely written
 
+Integrity (schema 3): every array ends its codec chain with Zarr's ``crc32c`` codec (:func:`checked_array`;
+``"jpeg"`` patches carry one per tile and one on the shard index), and every chunk is written, even one holding
+only the fill value. Stores are read through :class:`~slidestream.store.integrity.CheckedLocalStore`, so a
+chunk file that should exist and does not is a :class:`StoreError`, never the fill value, and a chunk whose
+checksum does not match is one too (naming the store, the array, the chunk and the command that rewrites it).
+Schema 2 stores (no checksums) still open, resume and take new arrays, which get checksums.
+
 ``patches`` comes in one of two encodings, both read as uint8 ``(S, S, 3)`` tiles:
 
 - ``"pixels"``: chunks of ``chunk_tiles`` tiles, Blosc lz4 (lossless). Used whenever tiles are resized, cut
@@ -38,16 +45,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import google_crc32c  # a dependency of zarr (its crc32c codec)
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+from zarr.storage import LocalStore
 
 from .. import __version__
 from ..errors import StoreError
 from .codecs import JpegTileCodec
+from .integrity import CheckedArray, CheckedLocalStore, crc32c_bytes, locate_damage, rows_of
 
-SCHEMA_VERSION = 2
+#: 3: every array carries a crc32c checksum and every chunk is written (2: no checksums; still read and resumed).
+SCHEMA_VERSION = 3
 DEFAULT_CHUNK_TILES = 64
 #: Tiles per shard where patches are the slide's own JPEG tiles (the tiler's default; see ``tile_slide``).
 JPEG_CHUNK_TILES = 256
@@ -67,6 +76,28 @@ _MAX_UINT64 = 2**64 - 1
 def _patch_codec() -> BloscCodec:
     return BloscCodec(cname=PATCH_COMPRESSOR["cname"], clevel=PATCH_COMPRESSOR["clevel"],
                       shuffle=PATCH_COMPRESSOR["shuffle"])
+
+
+def checked_array(group: zarr.Group, name: str, *, compressors: Any = "default", **kwargs: Any) -> zarr.Array:
+    """Create array ``name`` of a store as schema 3 has every array: a ``crc32c`` checksum after its compressors
+    (inside the shards of a sharded array), and every chunk written, even one holding only the fill value (a
+    missing chunk is then always damage).
+
+    Parameters
+    ----------
+    group : zarr.Group
+    name : str
+    compressors : "default", None or list of codecs
+        The compression before the checksum: "default" is Zarr's own (zstd level 0), None none.
+    **kwargs
+        Passed to :meth:`zarr.Group.create_array` (shape, dtype, chunks, data, attributes ...).
+    """
+    if compressors == "default":
+        compressors = [ZstdCodec(level=0, checksum=False)]
+    compressors = [] if compressors is None else list(compressors if isinstance(compressors, (list, tuple))
+                                                      else [compressors])
+    config = {"write_empty_chunks": True, **kwargs.pop("config", {})}
+    return group.create_array(name, compressors=[*compressors, Crc32cCodec()], config=config, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -115,6 +146,7 @@ class SlideStore:
         self.path = Path(path)
         self.group = group
         self._arrays: dict[str, zarr.Array] = {}
+        self._writers: dict[str, zarr.Array] = {}
         self._dirs: set[Path] = set()  # chunk folders known to exist
 
     # ------------------------------------------------------------------ construction
@@ -180,26 +212,25 @@ class SlideStore:
             "status": {},
         })
         rows = max(1, min(chunk_tiles, n)) if n else 1
-        root.create_array("coords", data=coords, chunks=(max(n, 1), 2))
-        root.create_array("tissue", data=tissue, chunks=(max(n, 1),))
+        checked_array(root, "coords", data=coords, chunks=(max(n, 1), 2))
+        checked_array(root, "tissue", data=tissue, chunks=(max(n, 1),))
         if tile_size is not None:
             shape = (n, tile_size, tile_size, 3)
             if jpeg_tiles is not None:
-                root.create_array(
-                    "patches", shape=shape, dtype="uint8", shards=(rows, tile_size, tile_size, 3),
+                # the checksum goes inside the shards, one per tile (the shard index has its own)
+                checked_array(
+                    root, "patches", shape=shape, dtype="uint8", shards=(rows, tile_size, tile_size, 3),
                     chunks=(1, tile_size, tile_size, 3), compressors=None, fill_value=255,
                     serializer=JpegTileCodec(colorspace=jpeg_tiles.colorspace, outcolorspace=jpeg_tiles.outcolorspace),
                     attributes={"encoding": jpeg_tiles.encoding()},
                 )
             else:
-                root.create_array(
-                    "patches", shape=shape, dtype="uint8", chunks=(rows, tile_size, tile_size, 3),
+                checked_array(
+                    root, "patches", shape=shape, dtype="uint8", chunks=(rows, tile_size, tile_size, 3),
                     compressors=_patch_codec(), fill_value=255, attributes={"encoding": PIXEL_ENCODING},
-                    # Chunks are never all background (they hold tissue tiles): skip zarr's all-fill-value scan.
-                    config={"write_empty_chunks": True},
                 )
-            root.create_array("done/patches", shape=(_n_chunks(n, rows),), dtype="uint8", chunks=(1,), fill_value=0,
-                              compressors=None)
+            checked_array(root, "done/patches", shape=(_n_chunks(n, rows),), dtype="uint8", chunks=(1,),
+                          fill_value=0, compressors=None)
         if extra is not None:
             extra(root)
         # Only a complete skeleton gets the final name: a crash above leaves a ".partial" that the next run removes.
@@ -212,7 +243,8 @@ class SlideStore:
         path = Path(path)
         if not (path / "zarr.json").is_file():
             raise StoreError(f"{path}: not a slidestream store (no zarr.json); run `slidestream tile` first")
-        group = zarr.open_group(path, mode=mode, zarr_format=3)
+        # Read through the checked store: a chunk file that should exist and does not raises, never reads as fill.
+        group = zarr.open_group(CheckedLocalStore(path, read_only=mode == "r"), mode=mode, zarr_format=3)
         if "slidestream" not in group.attrs:
             raise StoreError(f"{path}: a Zarr group, but not written by slidestream")
         return cls(path, group)
@@ -257,21 +289,55 @@ class SlideStore:
 
     @property
     def coords(self) -> np.ndarray:
-        return self.group["coords"][...]
+        return self.read("coords")
 
     @property
     def tissue(self) -> np.ndarray:
-        return self.group["tissue"][...]
+        return self.read("tissue")
 
     @property
     def has_patches(self) -> bool:
         return "patches" in self.group
 
     @property
-    def patches(self) -> zarr.Array:
+    def patches(self) -> CheckedArray:
+        """``patches`` as a Zarr array whose reads raise :class:`StoreError` for a missing or damaged chunk."""
         if not self.has_patches:
             raise StoreError(f"{self.path}: this store holds no patches (it was tiled without --save-patches)")
-        return self.group["patches"]
+        return CheckedArray(self, "patches")
+
+    def read_qc(self) -> dict[str, np.ndarray]:
+        """The tiler's QC values, ``{"white", "sharpness": float32 (N,), "flags": uint8 (N,)}`` (empty without
+        patches); a missing or damaged chunk raises :class:`StoreError`."""
+        if "qc" not in self.group:
+            return {}
+        return {name: self.read(f"qc/{name}") for name in ("white", "sharpness", "flags") if f"qc/{name}" in self.group}
+
+    # ------------------------------------------------------------------ checked reads
+    def read(self, array: str, selection: Any = Ellipsis) -> np.ndarray:
+        """``selection`` of ``array``, read through Zarr with every chunk checked.
+
+        Raises
+        ------
+        StoreError
+            A chunk that should exist is missing, or its checksum does not match: the message names the store,
+            the array and the chunk, and the command that rewrites it.
+        """
+        arr = self._array(array)
+        try:
+            return arr[selection]
+        except StoreError:
+            raise
+        except Exception as exc:
+            damage = self.locate_damage(array, rows_of(selection, arr))
+            if damage is None:
+                raise
+            raise StoreError(damage) from exc
+
+    def locate_damage(self, array: str, chunks: Sequence[int] | None = None) -> str | None:
+        """The error text for the first damaged chunk (shard) of ``array`` among row chunks ``chunks`` (default
+        all), or None when their files are intact. Reads their files; used once a read has failed."""
+        return locate_damage(self.path, self._array(array), array, chunks)
 
     # ------------------------------------------------------------------ chunk bookkeeping
     def _array(self, name: str) -> zarr.Array:
@@ -293,14 +359,14 @@ class SlideStore:
         key = f"done/{array}"
         if key not in self.group:
             return np.zeros(len(self.chunk_slices(array)), bool)
-        return self.group[key][...].astype(bool)
+        return self.read(key).astype(bool)
 
     def mark_done(self, array: str, chunk_index: int) -> None:
         key = f"done/{array}"
         if _is_raw_1d(self._array(key)):
             self.write_raw_chunk(key, chunk_index, np.ones(1, np.uint8))
         else:  # done arrays of stores from before raw chunk writes
-            self._array(key)[chunk_index] = 1
+            self._writer(key)[chunk_index] = 1
 
     def is_complete(self, array: str) -> bool:
         return array in self.group and bool(self.done_chunks(array).all())
@@ -308,8 +374,19 @@ class SlideStore:
     def write_chunk(self, array: str, chunk_index: int, data: np.ndarray) -> None:
         """Write one whole chunk of ``array`` and mark it done (data first, marker second)."""
         sl = self.chunk_slices(array)[chunk_index]
-        self._array(array)[sl] = data
+        self._writer(array)[sl] = data
         self.mark_done(array, chunk_index)
+
+    def _writer(self, name: str) -> zarr.Array:
+        """``name`` opened for Zarr's writes: through a plain store (a write that merges into an existing chunk
+        reads it first, and a new chunk is not there yet) and writing every chunk, fill value or not."""
+        arr = self._writers.get(name)
+        if arr is None:
+            read_only = self.group.store.read_only  # a store opened with mode "r" stays read-only
+            arr = self._writers[name] = zarr.open_array(
+                LocalStore(self.path, read_only=read_only), path=name, mode="r" if read_only else "r+",
+            ).with_config({"write_empty_chunks": True})
+        return arr
 
     @property
     def patch_encoding(self) -> dict[str, Any]:
@@ -321,7 +398,8 @@ class SlideStore:
 
         For the small per-chunk arrays the tiler fills (QC values, done markers): Zarr's own write path costs
         as much per call as tiling several tiles. The bytes are exactly what Zarr would write: the
-        whole chunk, little-endian, padded with the fill value.
+        whole chunk, little-endian, padded with the fill value, then its CRC32C where the array has the
+        ``crc32c`` codec.
         """
         arr = self._array(array)
         if not _is_raw_1d(arr):
@@ -332,14 +410,18 @@ class SlideStore:
             raise StoreError(f"{self.path}: {len(values)} values for a chunk of {rows} in {array}")
         chunk = np.full(rows, arr.fill_value, dtype=arr.dtype.newbyteorder("<"))
         chunk[: len(values)] = values
-        self._write_file(arr, (chunk_index,), chunk.tobytes())
+        data = [chunk.tobytes()]
+        if isinstance(arr.metadata.codecs[-1], Crc32cCodec):
+            data.append(crc32c_bytes(data[0]))
+        self._write_file(arr, (chunk_index,), data)
 
     def write_pixel_chunk(self, chunk_index: int, batch: np.ndarray) -> None:
         """Write chunk ``chunk_index`` of ``"pixels"``-encoded ``patches`` (atomically; :meth:`mark_done` after).
 
-        Compresses the chunk with the array's own Blosc settings and writes the file directly: through Zarr the
-        same write costs several times the compression (chunk assembly copies, event-loop round trips). Arrays
-        with other codecs are written through Zarr.
+        Compresses the chunk with the array's own Blosc settings, appends its CRC32C where the array has the
+        ``crc32c`` codec after Blosc, and writes the file directly: through Zarr the same write costs several
+        times the compression (chunk assembly copies, event-loop round trips). Arrays with other codecs are
+        written through Zarr.
 
         Parameters
         ----------
@@ -353,21 +435,24 @@ class SlideStore:
             raise StoreError(f"{self.path}: chunk {chunk_index} holds {sl.stop - sl.start} tiles, got {len(batch)}")
         blosc = _blosc_of(arr)
         if blosc is None or arr.shards is not None:
-            arr[sl] = batch
+            self._writer("patches")[sl] = batch
             return
         rows = arr.chunks[0]
         if len(batch) < rows:  # Zarr stores whole chunks: the last one is padded with the fill value
             pad = np.full((rows - len(batch), *batch.shape[1:]), arr.fill_value, dtype=np.uint8)
             batch = np.concatenate([batch, pad])
-        data = blosc.encode(np.ascontiguousarray(batch, dtype=np.uint8))
-        self._write_file(arr, (chunk_index, 0, 0, 0), bytes(data))
+        data = [blosc.encode(np.ascontiguousarray(batch, dtype=np.uint8))]
+        if isinstance(arr.metadata.codecs[-1], Crc32cCodec):
+            data.append(crc32c_bytes(data[0]))
+        self._write_file(arr, (chunk_index, 0, 0, 0), data)
 
     def write_jpeg_shard(self, chunk_index: int, tiles: Sequence[bytes]) -> None:
         """Write shard ``chunk_index`` of ``"jpeg"``-encoded ``patches`` from complete JPEG streams, one per tile.
 
-        The shard file is laid out as Zarr's sharding codec reads it: the tiles' bytes back to back, then the
-        index (offset, length) of each tile as little-endian uint64 and its CRC32C (unused slots of a last,
-        partial shard are marked empty). It is written atomically; :meth:`mark_done` comes after.
+        The shard file is laid out as Zarr's sharding codec reads it: the tiles' bytes back to back (each followed
+        by its CRC32C where the inner codecs end with ``crc32c``), then the index (offset, length) of each tile as
+        little-endian uint64 and its CRC32C (unused slots of a last, partial shard are marked empty). It is
+        written atomically; :meth:`mark_done` comes after.
 
         Parameters
         ----------
@@ -382,15 +467,19 @@ class SlideStore:
         if len(tiles) != sl.stop - sl.start:
             raise StoreError(f"{self.path}: shard {chunk_index} holds {sl.stop - sl.start} tiles, got {len(tiles)}")
         rows = _rows(arr)
+        parts: list[bytes] = list(tiles)
         lengths = np.fromiter((len(t) for t in tiles), dtype=np.uint64, count=len(tiles))
+        if isinstance(arr.metadata.codecs[0].codecs[-1], Crc32cCodec):  # each tile followed by its checksum
+            parts = [p for t in tiles for p in (t, crc32c_bytes(t))]
+            lengths += 4
         index = np.full((rows, 2), _MAX_UINT64, dtype="<u8")
         index[: len(tiles), 1] = lengths
         index[: len(tiles), 0] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint64)
         index_bytes = index.tobytes()
-        crc = np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()
-        self._write_file(arr, (chunk_index, 0, 0, 0), b"".join([*tiles, index_bytes, crc]))
+        self._write_file(arr, (chunk_index, 0, 0, 0), [*parts, index_bytes, crc32c_bytes(index_bytes)])
 
-    def _write_file(self, arr: zarr.Array, chunk_coords: tuple[int, ...], data: bytes) -> None:
+    def _write_file(self, arr: zarr.Array, chunk_coords: tuple[int, ...], data: Sequence[bytes]) -> None:
+        """Write a chunk file from ``data``, its parts in order (not joined first: no copy of the chunk)."""
         target = self.path / arr.path / arr.metadata.encode_chunk_key(chunk_coords)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
         if target.parent not in self._dirs:
@@ -398,10 +487,12 @@ class SlideStore:
             self._dirs.add(target.parent)
         try:
             try:
-                tmp.write_bytes(data)
+                f = open(tmp, "wb")
             except FileNotFoundError:  # the folder went away with an array rewritten through another handle
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(data)
+                f = open(tmp, "wb")
+            with f:
+                f.writelines(data)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -427,13 +518,14 @@ class SlideStore:
                 f"{self.path}: {key} exists with different settings ({arr.shape}, {arr.dtype}); "
                 "pass --overwrite to recompute it"
             )
-        arr = self.group.create_array(key, shape=(n, dim), dtype=dtype, chunks=(rows, dim), fill_value=0,
-                                      attributes=attrs, overwrite=True)
-        self.group.create_array(f"done/{key}", shape=(_n_chunks(n, rows),), dtype="uint8", chunks=(1,),
-                                fill_value=0, compressors=None, overwrite=True)
+        arr = checked_array(self.group, key, shape=(n, dim), dtype=dtype, chunks=(rows, dim), fill_value=0,
+                            attributes=attrs, overwrite=True)
+        checked_array(self.group, f"done/{key}", shape=(_n_chunks(n, rows),), dtype="uint8", chunks=(1,),
+                      fill_value=0, compressors=None, overwrite=True)
         # handles and chunk folders cached for the arrays just replaced describe the old ones
-        self._arrays.pop(key, None)
-        self._arrays.pop(f"done/{key}", None)
+        for cache in (self._arrays, self._writers):
+            cache.pop(key, None)
+            cache.pop(f"done/{key}", None)
         self._dirs.clear()
         return arr
 
@@ -450,18 +542,18 @@ class SlideStore:
             raise StoreError(f"{self.path}: no {key} (have: {have}); run `slidestream embed --encoder {name}`")
         if not self.is_complete(key):
             raise StoreError(f"{self.path}: {key} is incomplete; rerun the command that writes it to resume")
-        return self.group[key][...].astype(np.float32)
+        return self.read(key).astype(np.float32)
 
     def write_scores(self, name: str, scores: np.ndarray, attrs: dict | None = None) -> None:
         """Write ``scores/<name>`` (N, K) float32 in one go (small: one value per tile and class)."""
         scores = np.asarray(scores, np.float32)
         if scores.ndim == 1:
             scores = scores[:, None]
-        arr = self.create_feature_array(name, scores.shape[1], dtype="float32", attrs=attrs, kind="scores",
-                                        overwrite=True)
-        arr[...] = scores
-        done = self.group[f"done/scores/{name}"]
-        done[...] = np.ones(done.shape, np.uint8)
+        key = f"scores/{name}"
+        self.create_feature_array(name, scores.shape[1], dtype="float32", attrs=attrs, kind="scores", overwrite=True)
+        self._writer(key)[...] = scores
+        for i in range(len(self.chunk_slices(key))):
+            self.mark_done(key, i)
 
     def read_scores(self, name: str) -> np.ndarray:
         return self.read_features(name, kind="scores")
@@ -485,9 +577,11 @@ def _rows(arr: zarr.Array) -> int:
 
 
 def _is_raw_1d(arr: zarr.Array) -> bool:
+    """1-D and stored as plain little-endian bytes, with or without a final crc32c (write_raw_chunk's layout)."""
     codecs = arr.metadata.codecs
-    return (arr.metadata.zarr_format == 3 and arr.ndim == 1 and len(codecs) == 1
-            and isinstance(codecs[0], BytesCodec))
+    return (arr.metadata.zarr_format == 3 and arr.ndim == 1 and isinstance(codecs[0], BytesCodec)
+            and (codecs[0].endian is None or codecs[0].endian.value == "little")
+            and (len(codecs) == 1 or (len(codecs) == 2 and isinstance(codecs[1], Crc32cCodec))))
 
 
 def _blosc_of(arr: zarr.Array):
@@ -499,6 +593,8 @@ def _blosc_of(arr: zarr.Array):
     import numcodecs
 
     codecs = arr.metadata.codecs
+    if codecs and isinstance(codecs[-1], Crc32cCodec):
+        codecs = codecs[:-1]  # the checksum of the compressed bytes: write_pixel_chunk appends it
     if not (len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)
             and arr.dtype == np.uint8):
         return None
@@ -513,7 +609,7 @@ def _check_jpeg_shards(arr: zarr.Array, path: Path) -> None:
     codecs = arr.metadata.codecs
     ok = (len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)
           and codecs[0].index_location.value == "end"
-          and [type(c) for c in codecs[0].codecs] == [JpegTileCodec]
+          and [type(c) for c in codecs[0].codecs] in ([JpegTileCodec], [JpegTileCodec, Crc32cCodec])
           and [type(c) for c in codecs[0].index_codecs] == [BytesCodec, Crc32cCodec]
           and all(c.endian is None or c.endian.value == "little" for c in codecs[0].index_codecs
                   if isinstance(c, BytesCodec))

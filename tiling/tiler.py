@@ -31,7 +31,8 @@ import numpy as np
 import shapely
 
 from ..errors import StoreError
-from ..store import DEFAULT_CHUNK_TILES, JPEG_CHUNK_TILES, JpegTiles, SlideStore, identity_dict, identity_of
+from ..store import (DEFAULT_CHUNK_TILES, JPEG_CHUNK_TILES, JpegTiles, SlideStore, checked_array, identity_dict,
+                     identity_of)
 from ..wsi import Slide, open_slide, slide_id_from_path
 from ..wsi.direct import DirectTiffReader, merge_jpeg_tables
 from .grid import ReadPlan, TilingParams, grid_coords, keep_tiles, plan_reads, tissue_fractions
@@ -400,16 +401,16 @@ def tile_slide(
                 jpeg = jpeg_passthrough(slide, plan, coords[keep])
 
             def extra(group) -> None:
-                group.create_array("tissue_mask", data=mask.astype(np.uint8), chunks=mask.shape,
-                                   attributes={"downsample": list(ds)})
+                checked_array(group, "tissue_mask", data=mask.astype(np.uint8), chunks=mask.shape,
+                              attributes={"downsample": list(ds)})
                 group.attrs["tissue_area_mm2"] = tissue_um2 / 1e6
                 if save_patches:
                     patches = group["patches"]
                     n, rows = int(keep.sum()), (patches.shards or patches.chunks)[0]
                     for name, dtype in (("white", "float32"), ("sharpness", "float32"), ("flags", "uint8")):
                         # uncompressed: tasks write whole chunks of these straight to their files
-                        group.create_array(f"qc/{name}", shape=(n,), dtype=dtype, chunks=(rows,), fill_value=0,
-                                           compressors=None)
+                        checked_array(group, f"qc/{name}", shape=(n,), dtype=dtype, chunks=(rows,), fill_value=0,
+                                      compressors=None)
                     group["qc"].attrs.update({"config": qc_config.to_dict(), "flags": QC_FLAG_DOC})
 
             if chunk_tiles is None:
