@@ -107,5 +107,5 @@ def write_tissue_geojson(store: SlideStore | str | os.PathLike, path: str | os.P
 
 def tissue_polygons(store: SlideStore):
     """Tissue outline of a store's slide as a shapely MultiPolygon in level-0 pixels."""
-    arr = store.group["tissue_mask"]
-    return mask_to_polygons(arr[...].astype(bool), tuple(arr.attrs["downsample"]))
+    downsample = tuple(store.group["tissue_mask"].attrs["downsample"])
+    return mask_to_polygons(store.read("tissue_mask").astype(bool), downsample)
