@@ -20,13 +20,18 @@ __all__ = ["heatmap", "predict", "run", "train"]
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
 @click.option("--head", default="abmil", show_default=True, help="MIL head (abmil, clam_sb, clam_mb, transmil, "
               "dsmil, mean, max).")
-@click.option("--folds", default=5, show_default=True, help="Stratified cross-validation folds.")
+@click.option("--folds", default=5, show_default=True, help="Stratified cross-validation folds (slides of one "
+              "manifest 'patient' share a fold).")
+@click.option("--balance", type=click.Choice(["loss", "sampler", "none"]), default="loss", show_default=True,
+              help="How class imbalance is countered. 'loss': each slide's whole training loss is weighted by "
+                   "N / (K * N_class), normalised to mean 1 over the training slides. 'sampler': each epoch draws "
+                   "slides with replacement, class-balanced (CLAM's weighted sampling). 'none': no balancing.")
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--lr", default=2e-4, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def train(manifest, stores, encoder, out, head, folds, epochs, lr, seed, device):
-    """Train a MIL head on labelled slides (MANIFEST: slide,label[,split] CSV); save the fold ensemble.
+def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed, device):
+    """Train a MIL head on labelled slides (MANIFEST: slide,label[,split,patient] CSV); save the fold ensemble.
 
     Slides with split 'test' are left out. The checkpoint (safetensors + JSON) records the encoder and tiling,
     so `slidestream run --model` can process new slides the same way.
@@ -35,7 +40,7 @@ def train(manifest, stores, encoder, out, head, folds, epochs, lr, seed, device)
     from ..mil import TrainConfig
     from ..pipeline.train import train_from_stores
 
-    cfg = TrainConfig(head=head, epochs=epochs, lr=lr, seed=seed, device=device, patience=None)
+    cfg = TrainConfig(head=head, epochs=epochs, lr=lr, seed=seed, device=device, patience=None, balance=balance)
     summary = train_from_stores(collect_inputs([manifest]), stores, encoder, out, cfg, folds=folds,
                                 reporter=reporter())
     m = summary.cv_metrics

@@ -19,7 +19,7 @@ KW = {
     "clam_sb": dict(hidden_dim=16, attn_dim=8, k_sample=4),
     "clam_mb": dict(hidden_dim=16, attn_dim=8),
     "transmil": dict(hidden_dim=16, n_heads=2),
-    "dsmil": dict(hidden_dim=16, query_dim=8),
+    "dsmil": dict(query_dim=8, passing_v=True),
     "mean_pool": dict(hidden_dim=16),
     "max_pool": dict(hidden_dim=0),
 }

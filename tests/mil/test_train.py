@@ -34,7 +34,7 @@ HEAD_SETTINGS = {
     "abmil": (dict(hidden_dim=64, attn_dim=32), 2e-3, 5),
     "clam_sb": (dict(hidden_dim=64, attn_dim=32), 2e-3, 5),
     "clam_mb": (dict(hidden_dim=64, attn_dim=32), 2e-3, 5),
-    "dsmil": (dict(hidden_dim=64, query_dim=32), 5e-3, 5),
+    "dsmil": (dict(query_dim=32), 1e-2, 5),
     "transmil": (dict(hidden_dim=64, n_heads=4), 3e-3, 3),
     "mean_pool": (dict(hidden_dim=64), 5e-3, 5),
     "max_pool": (dict(hidden_dim=64), 5e-3, 8),
