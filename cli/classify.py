@@ -61,7 +61,8 @@ def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed
               "(site, scanner …).")
 def predict(manifest, stores, checkpoint, out, threshold, stratify):
     """Predict the slides of MANIFEST from their stores' features: predictions.csv, per-tile scores in the stores
-    and, with labels, metrics.json (AUC + 95 % CI, balanced accuracy, sensitivity, specificity, Brier, ECE),
+    and, with labels, metrics.json (AUC + 95 % CI, balanced accuracy, sensitivity, specificity, Brier, class-1 and
+    top-label ECE),
     roc.png and reliability.png."""
     from ..pipeline.inputs import collect_inputs
     from ..pipeline.predict import predict_batch
@@ -73,7 +74,8 @@ def predict(manifest, stores, checkpoint, out, threshold, stratify):
     if m:
         click.echo(f"AUC {m['auc']:.3f} (95% CI {m['auc_ci_low']:.3f}–{m['auc_ci_high']:.3f}), balanced accuracy "
                    f"{m['balanced_accuracy']:.3f}, sensitivity {m['sensitivity']:.3f}, specificity "
-                   f"{m['specificity']:.3f}, Brier {m['brier']:.3f}, ECE {m['ece']:.3f}")
+                   f"{m['specificity']:.3f}, Brier {m['brier']:.3f}, ECE class 1 {m['ece_class1']:.3f}, ECE top-label "
+                   f"{m['ece_top_label']:.3f}")
         for g, gm in (res.by_group or {}).items():
             click.echo(f"  {stratify}={g}: n {gm['n']}, AUC {gm['auc']:.3f}, balanced accuracy "
                        f"{gm['balanced_accuracy']:.3f}")

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..mil import cross_validate, fit_temperature, save_checkpoint
+from ..mil.splits import group_keys
 from ..store import SlideStore
 from .bags import labelled_bags
 from .inputs import SlideInput
@@ -61,8 +62,9 @@ def train_from_stores(
     if len(set(labels.tolist())) < 2:
         raise ConfigError("training needs slides of both classes (labels 0 and 1)")
     patient = {it.slide_id: it.patient for it in train}
-    groups = [patient.get(b.slide_id) or b.slide_id for b in bags]
-    n_groups = min(len({g for g, y in zip(groups, labels) if y == c}) for c in set(labels.tolist()))
+    groups = [patient.get(b.slide_id) for b in bags]  # None: a patient of its own
+    keys = group_keys(groups, len(groups))
+    n_groups = min(len({g for g, y in zip(keys, labels) if y == c}) for c in set(labels.tolist()))
     k = int(min(folds, n_groups))
     if k < 2:
         raise ConfigError("too few slides (patients) of the minority class for cross-validation (need at least 2)")
@@ -80,7 +82,8 @@ def train_from_stores(
         "cv_metrics": cv.metrics,
         "train_slides": [b.slide_id for b in bags],
         "folds": k,
-        "patients": [patient.get(b.slide_id) for b in bags],
+        "patients": groups,
+        "cv_fold": cv.splits.fold.tolist(),
         "feature_norms": [norm.to_dict() for norm in cv.feature_norms],
         **(meta or {}),
     }

@@ -75,6 +75,16 @@ def test_config_json_is_readable(tmp_path):
     assert cfg is None
 
 
+def test_balance_is_recorded_and_older_configs_without_it_load(tmp_path):
+    save_checkpoint(tmp_path / "a", head(), TrainConfig(balance="sampler"))
+    doc = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert doc["train_config"]["balance"] == "sampler"
+    del doc["train_config"]["balance"]  # as written before the option existed
+    (tmp_path / "a" / "config.json").write_text(json.dumps(doc))
+    _, cfg, _ = load_checkpoint(tmp_path / "a")
+    assert cfg.balance == "loss"
+
+
 def test_ensemble_round_trip(tmp_path):
     members = [head("clam_sb", seed=s) for s in range(3)]
     save_checkpoint(tmp_path / "ens", members, meta={"folds": 3})
