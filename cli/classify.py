@@ -20,13 +20,18 @@ __all__ = ["heatmap", "predict", "run", "train"]
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
 @click.option("--head", default="abmil", show_default=True, help="MIL head (abmil, clam_sb, clam_mb, transmil, "
               "dsmil, mean, max).")
-@click.option("--folds", default=5, show_default=True, help="Stratified cross-validation folds.")
+@click.option("--folds", default=5, show_default=True, help="Stratified cross-validation folds (slides of one "
+              "manifest 'patient' share a fold).")
+@click.option("--balance", type=click.Choice(["loss", "sampler", "none"]), default="loss", show_default=True,
+              help="How class imbalance is countered. 'loss': each slide's whole training loss is weighted by "
+                   "N / (K * N_class), normalised to mean 1 over the training slides. 'sampler': each epoch draws "
+                   "slides with replacement, class-balanced (CLAM's weighted sampling). 'none': no balancing.")
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--lr", default=2e-4, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def train(manifest, stores, encoder, out, head, folds, epochs, lr, seed, device):
-    """Train a MIL head on labelled slides (MANIFEST: slide,label[,split] CSV); save the fold ensemble.
+def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed, device):
+    """Train a MIL head on labelled slides (MANIFEST: slide,label[,split,patient] CSV); save the fold ensemble.
 
     Slides with split 'test' are left out. The checkpoint (safetensors + JSON) records the encoder and tiling,
     so `slidestream run --model` can process new slides the same way.
@@ -35,7 +40,7 @@ def train(manifest, stores, encoder, out, head, folds, epochs, lr, seed, device)
     from ..mil import TrainConfig
     from ..pipeline.train import train_from_stores
 
-    cfg = TrainConfig(head=head, epochs=epochs, lr=lr, seed=seed, device=device, patience=None)
+    cfg = TrainConfig(head=head, epochs=epochs, lr=lr, seed=seed, device=device, patience=None, balance=balance)
     summary = train_from_stores(collect_inputs([manifest]), stores, encoder, out, cfg, folds=folds,
                                 reporter=reporter())
     m = summary.cv_metrics
@@ -60,7 +65,8 @@ def train(manifest, stores, encoder, out, head, folds, epochs, lr, seed, device)
               "(site, scanner …).")
 def predict(manifest, stores, checkpoint, out, threshold, stratify):
     """Predict the slides of MANIFEST from their stores' features: predictions.csv, per-tile scores in the stores
-    and, with labels, metrics.json (AUC + 95 % CI, balanced accuracy, sensitivity, specificity, Brier, ECE),
+    and, with labels, metrics.json (AUC + 95 % CI, balanced accuracy, sensitivity, specificity, Brier, class-1 and
+    top-label ECE),
     roc.png and reliability.png."""
     from ..pipeline.inputs import collect_inputs
     from ..pipeline.predict import predict_batch
@@ -72,7 +78,8 @@ def predict(manifest, stores, checkpoint, out, threshold, stratify):
     if m:
         click.echo(f"AUC {m['auc']:.3f} (95% CI {m['auc_ci_low']:.3f}–{m['auc_ci_high']:.3f}), balanced accuracy "
                    f"{m['balanced_accuracy']:.3f}, sensitivity {m['sensitivity']:.3f}, specificity "
-                   f"{m['specificity']:.3f}, Brier {m['brier']:.3f}, ECE {m['ece']:.3f}")
+                   f"{m['specificity']:.3f}, Brier {m['brier']:.3f}, ECE class 1 {m['ece_class1']:.3f}, ECE top-label "
+                   f"{m['ece_top_label']:.3f}")
         for g, gm in (res.by_group or {}).items():
             click.echo(f"  {stratify}={g}: n {gm['n']}, AUC {gm['auc']:.3f}, balanced accuracy "
                        f"{gm['balanced_accuracy']:.3f}")

@@ -128,6 +128,10 @@ def demo(out, n_slides, encoder, seed):
 @click.option("--encoder", default="handcrafted", show_default=True)
 @click.option("--weights", default="hub", show_default=True, help="Encoder weights: 'hub', a local file, or 'none'.")
 @click.option("--head", default="abmil", show_default=True)
+@click.option("--balance", type=click.Choice(["loss", "sampler", "none"]), default="loss", show_default=True,
+              help="How class imbalance is countered. 'loss': each slide's whole training loss is weighted by "
+                   "N / (K * N_class), normalised to mean 1 over the training slides. 'sampler': each epoch draws "
+                   "slides with replacement, class-balanced (CLAM's weighted sampling). 'none': no balancing.")
 @click.option("--folds", default=5, show_default=True)
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -142,8 +146,8 @@ def demo(out, n_slides, encoder, seed):
 @scheduler_option(
               help="Address of a dask.distributed scheduler (tcp://host:8786), or 'local' for a local cluster on "
                    "127.0.0.1, for the tiling and embedding stages.")
-def bench(source, out, encoder, weights, head, folds, epochs, seed, target_mpp, tile_size, overlap, min_tissue,
-          stain, device, froc_mpp, scheduler):
+def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, target_mpp, tile_size, overlap,
+          min_tissue, stain, device, froc_mpp, scheduler):
     """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
     manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
     the official lesion FROC, ROC/FROC plots, bench.json and report.md. Rerunning after an interruption skips
@@ -151,8 +155,8 @@ def bench(source, out, encoder, weights, head, folds, epochs, seed, target_mpp, 
     from ..pipeline.bench import BenchConfig, run_benchmark
     from ..tiling.grid import TilingParams
 
-    cfg = BenchConfig(encoder=encoder, weights=weights, head=head, folds=folds, epochs=epochs, seed=seed,
-                      stain=stain, device=device, scheduler=scheduler,
+    cfg = BenchConfig(encoder=encoder, weights=weights, head=head, balance=balance, folds=folds, epochs=epochs,
+                      seed=seed, stain=stain, device=device, scheduler=scheduler,
                       **({} if froc_mpp is None else {"froc_mpp": froc_mpp}),
                       tiling=TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap,
                                           min_tissue=min_tissue))

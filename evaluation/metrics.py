@@ -23,6 +23,7 @@ __all__ = [
     "threshold_metrics",
     "brier_score",
     "expected_calibration_error",
+    "top_label_calibration_error",
     "binary_metrics",
     "multiclass_metrics",
     "metrics_by_group",
@@ -153,28 +154,71 @@ def _calibration_bins(y: np.ndarray, p: np.ndarray, n_bins: int) -> tuple[np.nda
 def expected_calibration_error(y_true: Sequence[int], y_prob: Sequence[float], n_bins: int = 10) -> dict[str, Any]:
     """Expected and maximum calibration error of the class-1 probability over equal-width bins.
 
-    ``ece = sum_b (n_b / n) |mean(y_b) - mean(p_b)|``; ``mce`` is the largest bin gap.
+    ``ece_class1 = sum_b (n_b / n) |mean(y_b) - mean(p_b)|`` over bins of ``p``; ``mce`` is the largest bin gap.
+    ``ece`` is the same number under its former name. For the top-label ECE of Guo et al. see
+    :func:`top_label_calibration_error`.
 
     Returns
     -------
     dict
-        ``ece``, ``mce`` (float, NaN when empty), ``n_bins`` (int).
+        ``ece_class1``, ``ece`` (alias), ``mce`` (float, NaN when empty), ``n_bins`` (int).
     """
     y, p = _inputs(y_true, y_prob)
     if y.size == 0:
-        return {"ece": math.nan, "mce": math.nan, "n_bins": int(n_bins)}
+        return {"ece_class1": math.nan, "ece": math.nan, "mce": math.nan, "n_bins": int(n_bins)}
     count, conf, freq = _calibration_bins(y, p, n_bins)
     used = count > 0
     gap = np.abs(freq[used] - conf[used])
-    return {"ece": float(np.sum(count[used] / y.size * gap)), "mce": float(gap.max()), "n_bins": int(n_bins)}
+    ece = float(np.sum(count[used] / y.size * gap))
+    return {"ece_class1": ece, "ece": ece, "mce": float(gap.max()), "n_bins": int(n_bins)}
+
+
+def top_label_calibration_error(y_true: Sequence[int], probs: Sequence[float] | np.ndarray,
+                                n_bins: int = 10) -> dict[str, Any]:
+    """Top-label expected calibration error (Guo et al., ICML 2017).
+
+    Each case's confidence is its largest class probability and it is correct when that class is its label;
+    ``ece_top_label = sum_b (n_b / n) |accuracy_b - mean confidence_b|`` over equal-width confidence bins of
+    ``[0, 1]``; ``mce_top_label`` is the largest bin gap.
+
+    Parameters
+    ----------
+    y_true : array_like
+        ``(n,)`` integer labels.
+    probs : array_like
+        ``(n,)`` probabilities of class 1 for a binary task (the predicted class is 1 when ``p >= 0.5``, as in
+        :func:`threshold_metrics`), or ``(n, K)`` class probabilities (predicted class: the arg-max).
+    n_bins : int, default 10
+
+    Returns
+    -------
+    dict
+        ``ece_top_label``, ``mce_top_label`` (float, NaN when empty).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim == 1:
+        y, p1 = _inputs(y_true, p)
+        pred = (p1 >= 0.5).astype(np.int64)
+        conf = np.where(pred == 1, p1, 1.0 - p1)
+    else:
+        y = np.asarray(y_true).astype(np.int64)
+        if p.ndim != 2 or p.shape[0] != y.size:
+            raise ConfigError(f"probs must be (n,) or (n, K) with n = len(y_true), got {p.shape}")
+        pred, conf = p.argmax(axis=1), p.max(axis=1)
+    if y.size == 0:
+        return {"ece_top_label": math.nan, "mce_top_label": math.nan}
+    count, mean_conf, acc = _calibration_bins((pred == y).astype(np.int64), conf, n_bins)
+    used = count > 0
+    gap = np.abs(acc[used] - mean_conf[used])
+    return {"ece_top_label": float(np.sum(count[used] / y.size * gap)), "mce_top_label": float(gap.max())}
 
 
 def binary_metrics(y_true: Sequence[int], y_prob: Sequence[float], *, threshold: float = 0.5,
                    n_bootstrap: int = 1000, ci: float = 0.95, seed: int = 0, n_bins: int = 10) -> dict[str, Any]:
     """All binary metrics in one flat dict: counts, AUC + CI, threshold metrics, Brier score, ECE/MCE.
 
-    Keys: ``n``, ``n_pos``, ``n_neg``, those of :func:`roc_auc`, :func:`threshold_metrics` and
-    :func:`expected_calibration_error`, and ``brier``.
+    Keys: ``n``, ``n_pos``, ``n_neg``, those of :func:`roc_auc`, :func:`threshold_metrics`,
+    :func:`expected_calibration_error` (class-1 ECE) and :func:`top_label_calibration_error`, and ``brier``.
     """
     y, p = _inputs(y_true, y_prob)
     out: dict[str, Any] = {"n": int(y.size), "n_pos": int(y.sum()), "n_neg": int(y.size - y.sum())}
@@ -182,6 +226,7 @@ def binary_metrics(y_true: Sequence[int], y_prob: Sequence[float], *, threshold:
     out.update(threshold_metrics(y, p, threshold))
     out["brier"] = brier_score(y, p)
     out.update(expected_calibration_error(y, p, n_bins))
+    out.update(top_label_calibration_error(y, p, n_bins))
     return out
 
 

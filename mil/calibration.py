@@ -3,6 +3,20 @@
 Fit ``T`` on logits the model did not train on (a validation split, or the out-of-fold logits of a
 cross-validation, :attr:`slidestream.mil.train.CVResult.oof_logits`), store it in the checkpoint and divide by it
 at prediction time. Scaling does not change the arg-max or the ROC AUC, only how confident the probabilities are.
+
+What is calibrated: the probability slidestream outputs
+--------------------------------------------------------
+A cross-validated checkpoint is a fold ensemble whose output is ``p = mean_m softmax(z_m)``. The temperature is
+applied to that output, after averaging: ``p_T = softmax(log(p) / T)`` (:class:`slidestream.mil.heads.MILEnsemble`).
+It is fitted on the out-of-fold logits, the only held-out scores a cross-validation has: bag ``i`` scored by the
+one member that did not train on it, which is this same formula with one member (``log softmax(z)`` differs from
+``z`` by a constant per bag, which the softmax ignores). Dividing after averaging keeps the ensemble's ranking and
+arg-max, so the calibrated AUC is the uncalibrated one. Dividing each member's logits before averaging (the
+former behaviour) would calibrate members rather than the reported probability and can reorder slides.
+
+What remains approximate: where members disagree, their mean probability is less extreme than a single
+member's, so a ``T`` fitted on single members may soften the ensemble slightly more than an ensemble-level fit
+would; an exact ensemble-level fit would need nested cross-validation.
 """
 
 from __future__ import annotations

@@ -191,12 +191,15 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
             for _ in range(int(doc.get("ensemble_size", 1)))
         ]
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{cfg_path}: cannot rebuild the head ({exc})") from exc
+        raise CheckpointError(f"{cfg_path}: cannot rebuild the head ({exc}); a checkpoint written before the head "
+                              "changed (the DSMIL, TransMIL and CLAM heads were brought to their reference code) "
+                              "must be retrained") from exc
     model: MILHead | MILEnsemble = heads[0] if len(heads) == 1 else MILEnsemble(heads)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{weights_path}: weights do not fit head {doc['head']!r}: {exc}") from exc
+        raise CheckpointError(f"{weights_path}: weights do not fit head {doc['head']!r} (retrain a checkpoint "
+                              f"written before the head changed): {exc}") from exc
     model.temperature = float(doc.get("temperature", 1.0))
     model.to(device).eval()
 

@@ -1,11 +1,26 @@
-"""Training, inference and cross-validation of MIL heads on in-memory (or lazily loaded) bags.
+"""Training and cross-validation of MIL heads on in-memory (or lazily loaded) bags; the inference functions of
+:mod:`slidestream.mil.inference` are re-exported here.
 
 A bag is the ``(N, D)`` float feature matrix of one slide. ``bags`` arguments are any sequence with ``len()``
 and ``bags[i]`` returning an array-like ``(N_i, D)`` (NumPy, float16 accepted); items are read when needed and
 not kept, so a sequence that reads from slide stores keeps memory flat.
 
-Training is one bag per step (bags differ in size), AdamW with a per-step cosine schedule, class-weighted cross
-entropy plus the head's auxiliary loss. Reproducibility: inside :func:`train_head` the global torch RNG is
+Training is one bag per step (bags differ in size), AdamW with a per-step cosine schedule, each bag's loss
+given by its head (:meth:`MILHead.loss`: cross-entropy, or the head reference's mix of bag and instance terms).
+
+Class balance (``TrainConfig.balance``). With one bag per step a class weight inside a mean-reduced
+cross-entropy cancels (``w_y l / w_y``), so balance is applied to whole bags instead:
+
+* ``"loss"`` (default): the bag's whole loss (bag and instance terms) is multiplied by ``w[y] / mean_i w[y_i]``,
+  so the mean weight over the training set is 1 and the learning rate keeps its meaning. In expectation this is
+  the same objective as the sampler, with every bag seen once an epoch and no extra gradient noise.
+* ``"sampler"``: each epoch draws ``n`` bags with replacement with probability proportional to ``w[y_i]``, as CLAM's
+  ``--weighted_sample`` (``WeightedRandomSampler`` with per-bag weights ``N / N_class``); bags are unweighted.
+* ``"none"``: every bag once an epoch, unweighted.
+
+``w`` is ``N / (K * N_k)`` for ``class_weight="balanced"`` or the given per-class weights.
+
+Reproducibility: inside :func:`train_head` the global torch RNG is
 forked and seeded with ``config.seed`` (the caller's RNG state is restored afterwards), bag order and bag
 sub-sampling use a NumPy generator seeded from it, ``deterministic=True`` turns on
 ``torch.use_deterministic_algorithms`` and ``num_threads`` pins the intra-op thread count for the duration.
@@ -20,7 +35,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +46,9 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from .heads import MILEnsemble, MILHead, get_head, list_heads
 from ..evaluation.metrics import binary_metrics, multiclass_metrics
-from .splits import Splits, stratified_kfold
+from .inference import _autocast, _evaluate, _threads, _to_tensor, predict, predict_ensemble, predict_logits
+from .splits import Splits, check_groups_in_one_fold, group_keys, stratified_kfold
+from .standardize import FeatureNorm, fit_feature_norm
 
 __all__ = [
     "TrainConfig",
@@ -45,6 +62,8 @@ __all__ = [
 ]
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
+
+BALANCE_MODES = ("loss", "sampler", "none")
 
 
 @dataclass
@@ -71,8 +90,12 @@ class TrainConfig:
     max_instances : int or None
         Training bags with more instances are randomly sub-sampled to this many each step (a fresh draw every
         epoch), bounding memory and time on very large slides; prediction always sees the whole bag.
+    balance : {"loss", "sampler", "none"}
+        How class balance is applied (module docstring): per-bag loss weights (default), class-balanced sampling
+        with replacement (CLAM's weighted sampler), or not at all.
     class_weight : "balanced", sequence of float or None
-        Cross-entropy class weights; "balanced" uses ``n / (K * count_k)`` from the training labels.
+        Per-class weights used by ``balance``: "balanced" uses ``n / (K * count_k)`` from the training labels;
+        None means equal weights (so balancing changes nothing). Ignored with ``balance="none"``.
     n_classes : int or None
         Number of classes; None infers ``max(label) + 1`` (at least 2).
     device : str
@@ -99,6 +122,7 @@ class TrainConfig:
     patience: int | None = 5
     monitor: str = "val_loss"
     max_instances: int | None = 8192
+    balance: str = "loss"
     class_weight: str | tuple[float, ...] | None = "balanced"
     n_classes: int | None = None
     device: str = "auto"
@@ -121,6 +145,8 @@ class TrainConfig:
             raise ConfigError(f"monitor must be 'val_loss' or 'val_auc', got {self.monitor!r}")
         if self.max_instances is not None and self.max_instances < 1:
             raise ConfigError(f"max_instances must be >= 1 or None, got {self.max_instances}")
+        if self.balance not in BALANCE_MODES:
+            raise ConfigError(f"balance must be one of {', '.join(BALANCE_MODES)}, got {self.balance!r}")
         if isinstance(self.class_weight, str) and self.class_weight != "balanced":
             raise ConfigError(f"class_weight must be 'balanced', a list of floats or None, got {self.class_weight!r}")
         if isinstance(self.class_weight, (list, tuple)):
@@ -194,6 +220,9 @@ class CVResult:
         Metrics of the pooled out-of-fold predictions.
     seconds : float
         Wall time of the whole cross-validation.
+    feature_norms : list of FeatureNorm or None
+        With ``standardize=True``, fold ``i``'s normaliser (fitted on its training bags only): the model of fold
+        ``i`` expects ``feature_norms[i].apply(bag)``. Pass them as ``feature_norms=`` to the predict functions.
     """
 
     models: list[MILHead]
@@ -204,9 +233,11 @@ class CVResult:
     oof_probs: np.ndarray
     metrics: dict[str, Any]
     seconds: float
+    feature_norms: list[FeatureNorm] | None = None
 
     def ensemble(self, temperature: float = 1.0) -> MILEnsemble:
-        """The fold models as one :class:`MILEnsemble` (mean probability, std as uncertainty)."""
+        """The fold models as one :class:`MILEnsemble` (mean probability, std as uncertainty); with
+        ``feature_norms`` predict through :func:`predict_ensemble` with ``feature_norms=self.feature_norms``."""
         return MILEnsemble(self.models, temperature=temperature)
 
 
@@ -214,16 +245,17 @@ class CVResult:
 
 
 class _Subset(Sequence):
-    """Lazy view ``bags[idx]`` that reads items only when asked."""
+    """Lazy view ``bags[idx]`` that reads items only when asked (standardised by ``norm`` when given)."""
 
-    def __init__(self, bags: Sequence, idx: np.ndarray):
-        self._bags, self._idx = bags, np.asarray(idx)
+    def __init__(self, bags: Sequence, idx: np.ndarray, norm: FeatureNorm | None = None):
+        self._bags, self._idx, self._norm = bags, np.asarray(idx), norm
 
     def __len__(self) -> int:
         return len(self._idx)
 
     def __getitem__(self, i: int):
-        return self._bags[int(self._idx[i])]
+        bag = self._bags[int(self._idx[i])]
+        return bag if self._norm is None else self._norm.apply(bag)
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -238,15 +270,6 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def _to_tensor(bag: Any, in_dim: int | None, device: torch.device) -> torch.Tensor:
-    arr = np.asarray(bag)
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ConfigError(f"every bag must be a non-empty (N, D) array, got shape {arr.shape}")
-    if in_dim is not None and arr.shape[1] != in_dim:
-        raise ConfigError(f"bags have different feature sizes ({arr.shape[1]} vs {in_dim}); use one encoder")
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(device)
-
-
 def _check_labels(labels: Sequence[int], n: int, name: str) -> np.ndarray:
     y = np.asarray(labels)
     if y.shape != (n,):
@@ -259,31 +282,37 @@ def _check_labels(labels: Sequence[int], n: int, name: str) -> np.ndarray:
     return y
 
 
-def _class_weights(config: TrainConfig, y: np.ndarray, n_classes: int) -> torch.Tensor | None:
+def _class_weights(config: TrainConfig, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(K,)`` float64 per-class weights from ``config.class_weight`` (ones when None)."""
     if config.class_weight is None:
-        return None
+        return np.ones(n_classes)
     if config.class_weight == "balanced":
         counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-        w = np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
-    else:
-        w = np.asarray(config.class_weight, dtype=np.float64)
-        if w.shape != (n_classes,) or np.any(w < 0):
-            raise ConfigError(f"class_weight needs {n_classes} non-negative values, got {config.class_weight}")
-    return torch.tensor(w, dtype=torch.float32)
+        return np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
+    w = np.asarray(config.class_weight, dtype=np.float64)
+    if w.shape != (n_classes,) or np.any(w < 0):
+        raise ConfigError(f"class_weight needs {n_classes} non-negative values, got {config.class_weight}")
+    return w
 
 
-@contextmanager
-def _threads(num_threads: int | None) -> Iterator[None]:
-    """Pin torch's intra-op threads for the block (None: leave as is), then restore."""
-    prev = torch.get_num_threads()
-    try:
-        if num_threads is not None:
-            if num_threads < 1:
-                raise ConfigError(f"num_threads must be >= 1 or None, got {num_threads}")
-            torch.set_num_threads(num_threads)
-        yield
-    finally:
-        torch.set_num_threads(prev)
+def _bag_weights(config: TrainConfig, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n,)`` float64 weight of each training bag, with mean 1 over the training set (all ones unless
+    ``balance="loss"``) — validated for every mode so a bad ``class_weight`` fails before training."""
+    w = _class_weights(config, y, n_classes)[y]
+    if not w.sum() > 0:
+        raise ConfigError(f"class_weight {config.class_weight} gives every training bag weight 0")
+    if config.balance != "loss":
+        return np.ones(len(y))
+    return w / w.mean()
+
+
+def _epoch_order(config: TrainConfig, y: np.ndarray, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Bag indices of one epoch: a permutation, or with ``balance="sampler"`` ``n`` draws with replacement with
+    probabilities proportional to the bags' class weights (torch's ``WeightedRandomSampler`` scheme)."""
+    if config.balance == "sampler":
+        p = _class_weights(config, y, n_classes)[y]
+        return rng.choice(len(y), size=len(y), replace=True, p=p / p.sum())
+    return rng.permutation(len(y))
 
 
 @contextmanager
@@ -303,31 +332,6 @@ def _reproducible(config: TrainConfig, device: torch.device) -> Iterator[None]:
             yield
     finally:
         torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-@torch.no_grad()
-def _evaluate(model: MILHead, bags: Sequence, device: torch.device, amp: bool
-              ) -> tuple[np.ndarray, list[np.ndarray]]:
-    model.eval()
-    logits, scores = [], []
-    in_dim = model.in_dim
-    for i in range(len(bags)):
-        with _autocast(device, amp):
-            out = model(_to_tensor(bags[i], in_dim, device))
-        logits.append(out.logits.float().cpu().numpy())
-        scores.append(out.instance_scores.float().cpu().numpy())
-    return np.stack(logits).astype(np.float32), scores
 
 
 def _val_scores(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -394,8 +398,7 @@ def train_head(train_bags: Sequence, train_labels: Sequence[int], config: TrainC
     t0 = time.perf_counter()
     with _reproducible(config, device):
         model = get_head(config.head, in_dim, n_classes, **config.head_kwargs).to(device)
-        weight = _class_weights(config, y, n_classes)
-        weight = None if weight is None else weight.to(device)
+        bag_weight = _bag_weights(config, y, n_classes)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         total_steps = config.epochs * n
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -410,17 +413,14 @@ def train_head(train_bags: Sequence, train_labels: Sequence[int], config: TrainC
             model.train()
             lr = optimizer.param_groups[0]["lr"]
             losses = []
-            for i in rng.permutation(n):
+            for i in _epoch_order(config, y, n_classes, rng):
                 bag = _to_tensor(train_bags[int(i)], in_dim, device)
                 if config.max_instances is not None and bag.shape[0] > config.max_instances:
                     keep = np.sort(rng.choice(bag.shape[0], config.max_instances, replace=False))
                     bag = bag[torch.from_numpy(keep).to(device)]
-                label = int(y[i])
-                target = torch.tensor([label], device=device)
                 with _autocast(device, config.amp):
                     out = model(bag)
-                    aux = model.auxiliary_loss(out, label)
-                loss = F.cross_entropy(out.logits[None].float(), target, weight=weight) + aux.float()
+                    loss = model.loss(out, int(y[i])).float() * float(bag_weight[i])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.max_grad_norm is not None:
@@ -458,114 +458,19 @@ def train_head(train_bags: Sequence, train_labels: Sequence[int], config: TrainC
     return TrainResult(model, history, best_epoch, config, time.perf_counter() - t0)
 
 
-# --------------------------------------------------------------------------------------------- inference
-
-
-def predict_logits(model: MILHead | MILEnsemble, bags: Sequence, *, amp: bool = False,
-                   num_threads: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Slide logits and instance scores for each bag, on the model's device, in eval mode.
-
-    ``num_threads`` pins torch's CPU threads for the call (None: leave as is). MIL heads run small matrix
-    products, for which one thread is usually fastest and several threads on a busy machine are much slower.
-
-    Returns
-    -------
-    logits : numpy.ndarray
-        ``(n, K)`` float32 (for an ensemble: log of the mean member probability).
-    instance_scores : list of numpy.ndarray
-        ``n`` float32 arrays ``(N_i,)``.
-    """
-    if len(bags) == 0:
-        return np.zeros((0, model.n_classes), dtype=np.float32), []
-    with _threads(num_threads):
-        return _evaluate(model, bags, _model_device(model), amp)
-
-
-def predict(model: MILHead | MILEnsemble, bags: Sequence, *, temperature: float | None = None,
-            amp: bool = False, num_threads: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Probability of class 1 and instance scores for each bag.
-
-    Parameters
-    ----------
-    model : MILHead or MILEnsemble
-    bags : sequence of array_like
-        ``(N_i, D)`` bags.
-    temperature : float, optional
-        Softmax temperature; defaults to ``model.temperature`` (1.0 unless calibrated / loaded). For an
-        ensemble it is applied to each member before averaging.
-    amp : bool, default False
-        bfloat16 autocast on CUDA.
-    num_threads : int, optional
-        CPU threads for the call, as in :func:`predict_logits`.
-
-    Returns
-    -------
-    probs : numpy.ndarray
-        ``(n,)`` float64 probability of class 1 (for ``K > 2`` use :func:`predict_logits`).
-    instance_scores : list of numpy.ndarray
-        ``n`` float32 arrays ``(N_i,)``.
-    """
-    t = float(getattr(model, "temperature", 1.0) if temperature is None else temperature)
-    if not t > 0:
-        raise ConfigError(f"temperature must be > 0, got {t}")
-    if isinstance(model, MILEnsemble):
-        saved, model.temperature = model.temperature, t
-        try:
-            logits, scores = predict_logits(model, bags, amp=amp, num_threads=num_threads)
-        finally:
-            model.temperature = saved
-        t = 1.0
-    else:
-        logits, scores = predict_logits(model, bags, amp=amp, num_threads=num_threads)
-    probs = torch.softmax(torch.from_numpy(logits).double() / t, dim=1).numpy()
-    return probs[:, 1], scores
-
-
-def predict_ensemble(models: MILEnsemble | Sequence[MILHead], bags: Sequence, *, temperature: float | None = None,
-                     amp: bool = False, num_threads: int | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Mean and spread of the members' class-1 probabilities (``temperature``, ``amp``, ``num_threads`` as in
-    :func:`predict`).
-
-    Returns
-    -------
-    mean : numpy.ndarray
-        ``(n,)`` float64 mean member probability of class 1.
-    std : numpy.ndarray
-        ``(n,)`` float64 standard deviation across members (an uncertainty; 0 for a single member).
-    instance_scores : list of numpy.ndarray
-        ``n`` float32 arrays ``(N_i,)``, mean over members.
-    """
-    ens = models if isinstance(models, MILEnsemble) else MILEnsemble(list(models))
-    t = float(ens.temperature if temperature is None else temperature)
-    device = _model_device(ens)
-    mean, std, scores = [], [], []
-    saved, ens.temperature = ens.temperature, t
-    try:
-        ens.eval()
-        with torch.no_grad(), _threads(num_threads):
-            for i in range(len(bags)):
-                with _autocast(device, amp):
-                    out = ens(_to_tensor(bags[i], ens.in_dim, device))
-                member = out.extras["member_probs"][:, 1].double().cpu()
-                mean.append(float(member.mean()))
-                std.append(float(member.std(unbiased=False)))
-                scores.append(out.instance_scores.float().cpu().numpy())
-    finally:
-        ens.temperature = saved
-    return np.asarray(mean), np.asarray(std), scores
-
-
 # --------------------------------------------------------------------------------------------- CV
 
 
 def cross_validate(bags: Sequence, labels: Sequence[int], config: TrainConfig, k: int = 5, *,
-                   splits: Splits | None = None, inner_val_fraction: float = 0.0,
+                   splits: Splits | None = None, groups: Sequence[str | None] | None = None,
+                   standardize: bool = False, inner_val_fraction: float = 0.0,
                    n_bootstrap: int = 1000, progress: ProgressFn | None = None) -> CVResult:
     """Stratified k-fold cross-validation with out-of-fold predictions.
 
     Each fold's model never sees its held-out fold: with ``inner_val_fraction > 0`` early stopping uses a
     stratified inner split of the training folds; with 0 (default) every fold trains ``config.epochs`` epochs.
+    With ``groups`` no patient is split between a fold's training and held-out parts (nor between its inner
+    parts); with ``standardize`` each fold's features are standardised with statistics of its own training bags.
     Fold ``i`` trains with seed ``config.seed + i``.
 
     Parameters
@@ -579,7 +484,12 @@ def cross_validate(bags: Sequence, labels: Sequence[int], config: TrainConfig, k
         Number of folds (ignored when ``splits`` is given).
     splits : Splits, optional
         Pre-computed folds (e.g. :func:`slidestream.mil.splits.read_splits`); default
-        ``stratified_kfold(labels, k, seed=config.seed)``.
+        ``stratified_kfold(labels, k, seed=config.seed, groups=groups)``.
+    groups : sequence of str or None, optional
+        ``(n,)`` patient of each bag (None: a patient of its own); all bags of a patient share a fold.
+    standardize : bool, default False
+        Fit a :class:`FeatureNorm` on each fold's training bags (those the model is fitted on) and standardise
+        that fold's training, early-stopping and held-out bags with it; returned as ``feature_norms``.
     inner_val_fraction : float, default 0
         Share of each training part held back for early stopping.
     n_bootstrap : int, default 1000
@@ -592,10 +502,15 @@ def cross_validate(bags: Sequence, labels: Sequence[int], config: TrainConfig, k
     CVResult
     """
     y = _check_labels(labels, len(bags), "labels")
+    if groups is not None and len(groups) != len(y):
+        raise ConfigError(f"groups: need one patient per bag ({len(y)}), got {len(groups)}")
     if splits is None:
-        splits = stratified_kfold(y, k, seed=config.seed)
+        splits = stratified_kfold(y, k, seed=config.seed, groups=groups)
     elif len(splits) != len(y) or not np.array_equal(splits.labels, y):
         raise ConfigError("splits do not match the bags' labels (different length or order)")
+    elif groups is not None:
+        check_groups_in_one_fold(splits.fold, group_keys(groups, len(y)))
+    group_arr = None if groups is None else np.asarray(list(groups), dtype=object)
     if not 0.0 <= inner_val_fraction < 1.0:
         raise ConfigError(f"inner_val_fraction must be in [0, 1), got {inner_val_fraction}")
     n_classes = config.n_classes or max(2, int(y.max()) + 1)
@@ -603,21 +518,24 @@ def cross_validate(bags: Sequence, labels: Sequence[int], config: TrainConfig, k
 
     t0 = time.perf_counter()
     oof_logits = np.full((len(y), n_classes), np.nan, dtype=np.float32)
-    models, results, fold_metrics = [], [], []
+    models, results, fold_metrics, norms = [], [], [], []
     for fold in range(splits.k):
         train_idx, val_idx = splits.indices(fold)
         fold_cfg = dataclasses.replace(config, seed=config.seed + fold)
         fit_idx, stop_idx = train_idx, np.zeros(0, dtype=np.int64)
         if inner_val_fraction > 0:
             inner_k = max(2, round(1.0 / inner_val_fraction))
-            inner = stratified_kfold(y[train_idx], inner_k, seed=fold_cfg.seed)
+            inner = stratified_kfold(y[train_idx], inner_k, seed=fold_cfg.seed,
+                                     groups=None if group_arr is None else group_arr[train_idx].tolist())
             fit_pos, stop_pos = inner.indices(0)
             fit_idx, stop_idx = train_idx[fit_pos], train_idx[stop_pos]
+        norm = fit_feature_norm(_Subset(bags, fit_idx)) if standardize else None
+        norms.append(norm)
         result = train_head(
-            _Subset(bags, fit_idx), y[fit_idx], fold_cfg,
-            _Subset(bags, stop_idx) if len(stop_idx) else None, y[stop_idx] if len(stop_idx) else None,
+            _Subset(bags, fit_idx, norm), y[fit_idx], fold_cfg,
+            _Subset(bags, stop_idx, norm) if len(stop_idx) else None, y[stop_idx] if len(stop_idx) else None,
         )
-        logits, _ = predict_logits(result.model, _Subset(bags, val_idx), num_threads=config.num_threads)
+        logits, _ = predict_logits(result.model, _Subset(bags, val_idx, norm), num_threads=config.num_threads)
         oof_logits[val_idx] = logits
         metrics = _metrics(y[val_idx], logits, n_bootstrap, fold_cfg.seed)
         metrics["fold"] = fold
@@ -628,7 +546,8 @@ def cross_validate(bags: Sequence, labels: Sequence[int], config: TrainConfig, k
             progress(fold + 1, splits.k, metrics)
     probs = torch.softmax(torch.from_numpy(oof_logits).double(), dim=1).numpy()
     return CVResult(models, results, splits, fold_metrics, oof_logits, probs[:, 1],
-                    _metrics(y, oof_logits, n_bootstrap, config.seed), time.perf_counter() - t0)
+                    _metrics(y, oof_logits, n_bootstrap, config.seed), time.perf_counter() - t0,
+                    norms if standardize else None)
 
 
 def _metrics(y: np.ndarray, logits: np.ndarray, n_bootstrap: int, seed: int) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class BenchConfig:
     encoder: str = "handcrafted"
     weights: str = "none"
     head: str = "abmil"
+    balance: str = "loss"
     folds: int = 5
     epochs: int = 30
     lr: float = 2e-4
@@ -88,16 +89,35 @@ class BenchResult:
 
 # ---------------------------------------------------------------------------------------------------- inputs
 def assign_holdout(inputs: list[SlideInput], test_fraction: float) -> list[SlideInput]:
-    """Give slides without a split one: the last ``test_fraction`` of each class (in name order) is "test"."""
+    """Give slides without a split one: the last ``test_fraction`` of each class (in name order) is "test".
+
+    Patients stay whole: the unit drawn is a patient (a slide without one is its own), classed by its highest
+    slide label and named by its first slide id, so all its labelled slides land on one side. Given splits that
+    put one patient's slides on both sides are refused.
+    """
     if any(it.split for it in inputs):
         for it in inputs:
             it.split = (it.split or "train").lower()
+        sides: dict[str, set[str]] = {}
+        for it in inputs:
+            if it.patient:
+                sides.setdefault(it.patient, set()).add("test" if it.split == "test" else "train")
+        mixed = sorted(p for p, s in sides.items() if len(s) > 1)
+        if mixed:
+            raise ConfigError(f"patient {mixed[0]!r} has slides in both the train and the test split: a patient's "
+                              "slides must share one split (fix the manifest's split column)")
         return inputs
+    patients: dict[str, list[SlideInput]] = {}
+    for it in inputs:
+        if it.label is not None:
+            patients.setdefault(it.patient or f"\0{it.slide_id}", []).append(it)
     for label in sorted({it.label for it in inputs if it.label is not None}):
-        group = sorted((it for it in inputs if it.label == label), key=lambda it: it.slide_id)
+        group = sorted((p for p in patients.values() if max(it.label for it in p) == label),
+                       key=lambda p: min(it.slide_id for it in p))
         n_test = int(round(len(group) * test_fraction))
-        for i, it in enumerate(group):
-            it.split = "test" if i >= len(group) - n_test else "train"
+        for i, slides in enumerate(group):
+            for it in slides:
+                it.split = "test" if i >= len(group) - n_test else "train"
     return inputs
 
 
@@ -224,7 +244,7 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
 
     checkpoint = out_dir / "model"
     train_cfg = TrainConfig(head=config.head, epochs=config.epochs, lr=config.lr, seed=config.seed,
-                            device=config.device, patience=None)
+                            device=config.device, patience=None, balance=config.balance)
     # the FROC pixel size only changes the evaluation: another value must not retrain
     trained_on = {k: v for k, v in config.to_dict().items() if k != "froc_mpp"}
     fingerprint = hashlib.sha256(json.dumps({"config": trained_on,

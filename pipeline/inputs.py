@@ -1,7 +1,9 @@
 """Batch inputs: which slides a command works on, from folders, globs, single files or a manifest CSV.
 
 A manifest has a ``slide`` column (path, relative to the CSV) and optionally ``label``, ``split``/``fold``,
-``annotation``, ``mpp``, ``slide_id`` and any metadata columns (site, scanner ...).
+``annotation``, ``mpp``, ``slide_id``, ``patient`` and any metadata columns (site, scanner ...). Slides with the
+same ``patient`` are kept together in one cross-validation fold and on one side of a train/test split; a slide
+without one is a patient of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..wsi import slide_id_from_path
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm",
                   ".png", ".jpg", ".jpeg"}
-MANIFEST_COLUMNS = {"slide", "label", "split", "fold", "annotation", "mpp", "slide_id"}
+MANIFEST_COLUMNS = {"slide", "label", "split", "fold", "annotation", "mpp", "slide_id", "patient"}
 
 
 @dataclass
@@ -33,6 +35,7 @@ class SlideInput:
     annotation: Path | None = None
     mpp: float | None = None
     meta: dict[str, str] = field(default_factory=dict)
+    patient: str | None = None
 
 
 def _from_manifest(path: Path) -> list[SlideInput]:
@@ -64,6 +67,7 @@ def _from_manifest(path: Path) -> list[SlideInput]:
                     annotation=(Path(ann) if Path(ann).is_absolute() else base / ann) if ann else None,
                     mpp=float(mpp) if mpp else None,
                     meta={k: v for k, v in row.items() if k not in MANIFEST_COLUMNS and k is not None},
+                    patient=(row.get("patient") or "").strip() or None,
                 ))
             except ValueError as exc:
                 raise ConfigError(f"{path}, line {i}: {exc}") from exc

@@ -44,14 +44,15 @@ def predict_stores(stores: list[Path], checkpoint: str | os.PathLike, *, model_n
     temperature = float(getattr(model, "temperature", 1.0))
     rows: list[dict] = []
 
-    norm = FeatureNorm.from_dict(meta["feature_norm"]) if "feature_norm" in meta else None
+    norms = _feature_norms(meta, len(getattr(model, "members", [model])), checkpoint)
 
     def one(path: Path) -> dict:
         bag = load_bag(path, encoder_name)
-        x = norm.apply(bag.features) if norm else bag.features
+        x = bag.features
         # One thread: small MIL forwards are much slower with torch's default thread pool on small machines.
-        raw, _, _ = predict_ensemble(model, [x], temperature=1.0, num_threads=1)
-        cal, spread, scores = predict_ensemble(model, [x], temperature=temperature, num_threads=1)
+        raw, _, _ = predict_ensemble(model, [x], temperature=1.0, num_threads=1, feature_norms=norms)
+        cal, spread, scores = predict_ensemble(model, [x], temperature=temperature, num_threads=1,
+                                               feature_norms=norms)
         att = np.asarray(scores[0], np.float32)
         store = SlideStore.open(path, mode="r+")
         store.write_scores(model_name, np.column_stack([att, _minmax(att)]),
@@ -64,6 +65,20 @@ def predict_stores(stores: list[Path], checkpoint: str | os.PathLike, *, model_n
     outcomes = run_per_slide(stores, "predict", one, reporter, label=lambda p: p.name.removesuffix(".zarr"),
                              path=str)
     return rows, outcomes
+
+
+def _feature_norms(meta: dict, n_members: int, checkpoint) -> list[FeatureNorm] | None:
+    """Each member's feature normaliser: ``feature_norms`` (one per member), or the single ``feature_norm`` of
+    checkpoints written before normalisers were fitted per fold (shared by all members), or None."""
+    if "feature_norms" in meta:
+        norms = [FeatureNorm.from_dict(d) for d in meta["feature_norms"]]
+        if len(norms) != n_members:
+            raise ConfigError(f"{checkpoint}: {len(norms)} feature normalisers for {n_members} ensemble members; "
+                              "re-save the checkpoint")
+        return norms
+    if "feature_norm" in meta:
+        return [FeatureNorm.from_dict(meta["feature_norm"])] * n_members
+    return None
 
 
 def describe_rows(rows: list[dict], inputs: list[SlideInput]) -> list[dict]:

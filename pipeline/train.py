@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..mil import cross_validate, fit_temperature, save_checkpoint
-from ..mil.standardize import fit_feature_norm
+from ..mil.splits import group_keys
 from ..store import SlideStore
 from .bags import labelled_bags
 from .inputs import SlideInput
@@ -45,8 +45,10 @@ def train_from_stores(
 ) -> TrainSummary:
     """Cross-validate a MIL head on the labelled slides, calibrate on out-of-fold logits, save the fold ensemble.
 
-    Slides whose manifest ``split`` is "test" are left out. The checkpoint's meta records the encoder and the
-    tiling parameters, so :func:`run_inference` can process new slides the same way.
+    Slides whose manifest ``split`` is "test" are left out. Slides of one ``patient`` share a fold. Each fold's
+    model gets a feature normaliser fitted on its own training slides (so no held-out slide's statistics reach it);
+    the checkpoint's meta holds them as ``feature_norms`` (one per member), with the encoder and the tiling
+    parameters, so :func:`run_inference` can process new slides the same way.
     """
     reporter = reporter or QuietReporter()
     t0 = time.perf_counter()
@@ -61,14 +63,17 @@ def train_from_stores(
     labels = np.array([b.label for b in bags])
     if len(set(labels.tolist())) < 2:
         raise ConfigError("training needs slides of both classes (labels 0 and 1)")
-    k = int(min(folds, np.bincount(labels).min()))
+    patient = {it.slide_id: it.patient for it in train}
+    groups = [patient.get(b.slide_id) for b in bags]  # None: a patient of its own
+    keys = group_keys(groups, len(groups))
+    n_groups = min(len({g for g, y in zip(keys, labels) if y == c}) for c in set(labels.tolist()))
+    k = int(min(folds, n_groups))
     if k < 2:
-        raise ConfigError("too few slides of the minority class for cross-validation (need at least 2)")
+        raise ConfigError("too few slides (patients) of the minority class for cross-validation (need at least 2)")
     # Encoders' feature scales differ by orders of magnitude (handcrafted statistics especially); standardising
-    # with the training instances' statistics, saved in the checkpoint, makes one learning rate fit all.
-    norm = fit_feature_norm([b.features for b in bags])
+    # with each fold's training instances' statistics, saved in the checkpoint, makes one learning rate fit all.
     with reporter.task(f"train {config.head} ({k}-fold CV, folds done)", k) as t:
-        cv = cross_validate([norm.apply(b.features) for b in bags], labels, config, k=k,
+        cv = cross_validate([b.features for b in bags], labels, config, k=k, groups=groups, standardize=True,
                             progress=lambda done, total, info: t.update(done, total))
     temperature = float(fit_temperature(cv.oof_logits, labels))
     store0 = SlideStore.open(bags[0].store)
@@ -79,7 +84,9 @@ def train_from_stores(
         "cv_metrics": cv.metrics,
         "train_slides": [b.slide_id for b in bags],
         "folds": k,
-        "feature_norm": norm.to_dict(),
+        "patients": groups,
+        "cv_fold": cv.splits.fold.tolist(),
+        "feature_norms": [norm.to_dict() for norm in cv.feature_norms],
         **(meta or {}),
     }
     path = save_checkpoint(checkpoint, cv.models, config, meta, temperature=temperature)

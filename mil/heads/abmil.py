@@ -16,6 +16,15 @@ class GatedABMIL(MILHead):
     ``h = MLP(x)``; ``a = softmax_N(GatedAttention(h))``; ``z = a^T h``; ``logits = W z``.
     ``instance_scores`` are the attention weights ``a`` (sum to 1).
 
+    Remaining deviations from the reference (AttentionDeepMIL ``model.py``)
+    -----------------------------------------------------------------------
+    * The feature MLP is ``Linear(D, 256) → ReLU → Dropout`` on encoder features (the paper: a LeNet feature
+      extractor and ``Linear(800, 500)``), as histopathology re-implementations do.
+    * ``K`` softmax logits with cross-entropy; for a binary task this is the same model as the paper's single
+      sigmoid output with BCE.
+    * Dropout (default 0.25) after the MLP and in both attention branches, placed as CLAM's ``Attn_Net_Gated``;
+      the paper uses none.
+
     Parameters
     ----------
     in_dim, n_classes : int

@@ -10,8 +10,10 @@ Conventions shared by all heads
 * ``instance_scores`` describe the *reported class*: class 1 when ``n_classes == 2`` (so heatmaps always show
   the evidence for "tumour" whatever the slide's prediction), otherwise the predicted class.
 * Heads with several scores per tile put the full ``(N, K)`` matrix in ``extras["class_scores"]``.
-* Extra training losses come from ``head.auxiliary_loss(output, label)``, already weighted, to be *added* to
-  the bag cross-entropy; it is a zero tensor for heads without one.
+* The whole training loss of one bag comes from ``head.loss(output, label)``: cross-entropy of the slide
+  logits by default; heads whose reference trains with other or extra terms (CLAM's instance clustering,
+  DSMIL's max-instance stream) override it with their reference's weights, so the training loop has no
+  per-head cases.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
@@ -39,7 +42,7 @@ class MILOutput:
         ``(N,)`` float, one score per instance for the reported class (see module docstring).
     extras : dict of str to torch.Tensor
         Head-specific intermediate tensors (attention logits, instance logits, features) that
-        ``auxiliary_loss`` and heatmap code may use.
+        ``loss`` and heatmap code may use.
     """
 
     logits: Tensor
@@ -87,9 +90,23 @@ class MILHead(nn.Module, abc.ABC):
     def _forward(self, bag: Tensor) -> MILOutput:
         """Score a validated ``(N, D)`` bag."""
 
-    def auxiliary_loss(self, output: MILOutput, label: int | Tensor) -> Tensor:
-        """Extra, already weighted training loss for this bag; zero for heads without one."""
-        return output.logits.new_zeros(())
+    def loss(self, output: MILOutput, label: int | Tensor) -> Tensor:
+        """Total training loss of one bag: here the cross-entropy of the slide logits.
+
+        Parameters
+        ----------
+        output : MILOutput
+            What :meth:`forward` returned for the bag.
+        label : int or torch.Tensor
+            The bag's class index in ``[0, K)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar float32 loss (nats). Heads with extra terms override this with their reference's weighting.
+        """
+        target = torch.tensor([_label_index(label)], device=output.logits.device)
+        return F.cross_entropy(output.logits[None].float(), target)
 
     def reported_class(self, logits: Tensor) -> int:
         """Class described by ``instance_scores``: 1 for binary tasks, else the arg-max of ``logits``."""
@@ -126,21 +143,24 @@ def _feature_mlp(in_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
 
 
 class GatedAttention(nn.Module):
-    """Gated attention scorer (Ilse et al. 2018): ``w^T (tanh(V h) * sigmoid(U h))``.
+    """Gated attention scorer (Ilse et al. 2018) with CLAM's dropout placement (``Attn_Net_Gated``).
 
-    Maps ``(N, dim)`` to raw (pre-softmax) scores ``(N, n_branches)``. With ``gated=False`` the sigmoid
-    gate is dropped (the paper's plain variant).
+    ``w^T (drop(tanh(V h)) * drop(sigmoid(U h)))``: two independent dropout masks, one after the tanh branch
+    and one after the sigmoid gate. Maps ``(N, dim)`` to raw (pre-softmax) scores ``(N, n_branches)``. With
+    ``gated=False`` the gate is dropped (the paper's plain variant, CLAM's ``Attn_Net``:
+    ``w^T drop(tanh(V h))``).
     """
 
     def __init__(self, dim: int, attn_dim: int, n_branches: int = 1, dropout: float = 0.0, gated: bool = True):
         super().__init__()
         self.value = nn.Linear(dim, attn_dim)
         self.gate = nn.Linear(dim, attn_dim) if gated else None
-        self.drop = nn.Dropout(dropout)
+        self.drop_value = nn.Dropout(dropout)
+        self.drop_gate = nn.Dropout(dropout)
         self.score = nn.Linear(attn_dim, n_branches)
 
     def forward(self, h: Tensor) -> Tensor:
-        a = torch.tanh(self.value(h))
+        a = self.drop_value(torch.tanh(self.value(h)))
         if self.gate is not None:
-            a = a * torch.sigmoid(self.gate(h))
-        return self.score(self.drop(a))
+            a = a * self.drop_gate(torch.sigmoid(self.gate(h)))
+        return self.score(a)

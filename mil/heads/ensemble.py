@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,10 +17,12 @@ __all__ = ["MILEnsemble"]
 class MILEnsemble(nn.Module):
     """Several heads of one architecture (e.g. cross-validation folds) used as one model.
 
-    ``forward`` returns a :class:`MILOutput` whose ``logits`` are the log of the members' mean class
-    probability (each member's logits divided by ``temperature`` first), so ``softmax(logits)`` is the
-    ensemble probability; ``instance_scores`` are the members' mean; ``extras["prob_std"] (K,)`` is the
-    standard deviation of the members' probabilities (an uncertainty) and ``extras["member_probs"] (M, K)``.
+    ``forward`` returns a :class:`MILOutput` whose ``logits`` are ``log(mean_m softmax(z_m)) / temperature``: the
+    log of the members' mean class probability, divided by the temperature *after* averaging, so
+    ``softmax(logits)`` is the calibrated ensemble probability and the temperature changes neither its ranking
+    nor its arg-max (see :mod:`slidestream.mil.calibration` for why the temperature applies here).
+    ``instance_scores`` are the members' mean; ``extras["member_probs"] (M, K)`` are the members' (uncalibrated)
+    probabilities and ``extras["prob_std"] (K,)`` their standard deviation (an uncertainty).
     """
 
     def __init__(self, members: list[MILHead] | nn.ModuleList, temperature: float = 1.0):
@@ -52,11 +55,24 @@ class MILEnsemble(nn.Module):
     def n_classes(self) -> int:
         return self.members[0].n_classes
 
-    def forward(self, bag: Tensor) -> MILOutput:
-        outs = [m(bag) for m in self.members]
-        probs = torch.stack([torch.softmax(o.logits.float() / self.temperature, dim=0) for o in outs])
+    def forward(self, bag: Tensor | Sequence[Tensor]) -> MILOutput:
+        """Score one bag with every member.
+
+        Parameters
+        ----------
+        bag : torch.Tensor or sequence of torch.Tensor
+            ``(N, D)`` float, shared by all members, or one ``(N, D)`` tensor per member (the same instances
+            standardised with each member's own feature normaliser).
+        """
+        if isinstance(bag, (list, tuple)):
+            if len(bag) != len(self.members):
+                raise ConfigError(f"got {len(bag)} member inputs for an ensemble of {len(self.members)}")
+            outs = [m(b) for m, b in zip(self.members, bag)]
+        else:
+            outs = [m(bag) for m in self.members]
+        probs = torch.stack([torch.softmax(o.logits.float(), dim=0) for o in outs])
         mean = probs.mean(0)
         std = probs.std(0, unbiased=False)
         scores = torch.stack([o.instance_scores.float() for o in outs]).mean(0)
-        logits = torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny))
+        logits = torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny)) / self.temperature
         return MILOutput(logits, scores, {"prob_std": std, "member_probs": probs})

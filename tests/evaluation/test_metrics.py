@@ -131,3 +131,28 @@ def test_input_validation():
         roc_auc([0, 1], [0.1, 1.2])
     with pytest.raises(ConfigError):
         roc_auc([0, 1], [0.1])
+
+
+def test_top_label_ece_is_guo_et_al_and_differs_from_the_class1_ece():
+    from slidestream.evaluation.metrics import top_label_calibration_error
+
+    # p = 0.3 with half positive and p = 0.7 with 90 % positive: class-1 bins both miss by 0.2, but the top-label
+    # confidence is 0.7 in both groups, right half the time and 90 % of the time: on average exactly right.
+    y = np.array([1] * 5 + [0] * 5 + [1] * 9 + [0])
+    p = np.array([0.3] * 10 + [0.7] * 10)
+    assert expected_calibration_error(y, p)["ece_class1"] == pytest.approx(0.2)
+    assert top_label_calibration_error(y, p)["ece_top_label"] == pytest.approx(0.0, abs=1e-12)
+    # direct definition on random data: bins of max(p, 1 - p), accuracy of the p >= 0.5 call
+    rng = np.random.default_rng(8)
+    q = rng.random(500)
+    yq = (rng.random(500) < q**2).astype(int)
+    conf, right = np.maximum(q, 1 - q), ((q >= 0.5) == (yq == 1))
+    bins = np.minimum((conf * 10).astype(int), 9)
+    expected = sum(np.sum(bins == b) / 500 * abs(right[bins == b].mean() - conf[bins == b].mean())
+                   for b in np.unique(bins))
+    assert top_label_calibration_error(yq, q)["ece_top_label"] == pytest.approx(expected)
+    # (n, K) input: the arg-max class and its probability
+    probs = np.stack([1 - q, q], axis=1)
+    assert top_label_calibration_error(yq, probs)["ece_top_label"] == pytest.approx(expected)
+    m = binary_metrics(yq, q, n_bootstrap=0)
+    assert m["ece"] == m["ece_class1"] and m["ece_top_label"] == pytest.approx(expected)

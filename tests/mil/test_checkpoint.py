@@ -19,7 +19,7 @@ KW = {
     "clam_sb": dict(hidden_dim=16, attn_dim=8, k_sample=4),
     "clam_mb": dict(hidden_dim=16, attn_dim=8),
     "transmil": dict(hidden_dim=16, n_heads=2),
-    "dsmil": dict(hidden_dim=16, query_dim=8),
+    "dsmil": dict(query_dim=8, passing_v=True),
     "mean_pool": dict(hidden_dim=16),
     "max_pool": dict(hidden_dim=0),
 }
@@ -73,6 +73,16 @@ def test_config_json_is_readable(tmp_path):
     assert doc["meta"] == {"encoder": "resnet50_trunc"} and doc["train_config"] is None
     _, cfg, _ = load_checkpoint(tmp_path / "model.safetensors")  # a file inside the directory works too
     assert cfg is None
+
+
+def test_balance_is_recorded_and_older_configs_without_it_load(tmp_path):
+    save_checkpoint(tmp_path / "a", head(), TrainConfig(balance="sampler"))
+    doc = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert doc["train_config"]["balance"] == "sampler"
+    del doc["train_config"]["balance"]  # as written before the option existed
+    (tmp_path / "a" / "config.json").write_text(json.dumps(doc))
+    _, cfg, _ = load_checkpoint(tmp_path / "a")
+    assert cfg.balance == "loss"
 
 
 def test_ensemble_round_trip(tmp_path):

@@ -76,3 +76,43 @@ def test_errors_and_warnings(tmp_path):
         s.indices(3)
     with pytest.raises(ConfigError):
         s.save(tmp_path / "x.txt")
+
+
+def test_groups_keep_every_patient_in_one_fold_and_stay_stratified():
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(1, 4, size=30)  # 30 patients with 1-3 slides each
+    groups = [f"p{i}" for i, s in enumerate(sizes) for _ in range(s)]
+    y = np.array([int(g[1:]) % 3 == 0 for g in groups], dtype=np.int64)  # a third of the patients have tumour
+    s = stratified_kfold(y, k=5, seed=2, groups=groups)
+    for p in set(groups):
+        assert len({int(s.fold[i]) for i, g in enumerate(groups) if g == p}) == 1
+    for c in (0, 1):
+        per_fold = np.bincount(s.fold[y == c], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 3, per_fold
+    assert s.groups == tuple(groups)
+    again = stratified_kfold(y, k=5, seed=2, groups=groups)
+    assert np.array_equal(s.fold, again.fold)
+
+
+def test_without_shared_patients_the_folds_are_the_ungrouped_ones():
+    y = labels()
+    plain = stratified_kfold(y, 5, seed=4)
+    for groups in ([None] * len(y), [""] * len(y), [f"p{i}" for i in range(len(y))]):
+        assert np.array_equal(stratified_kfold(y, 5, seed=4, groups=groups).fold, plain.fold)
+
+
+def test_grouped_splits_round_trip_and_refuse_split_patients(tmp_path):
+    y = np.array([0, 0, 1, 1, 0, 1, 0, 1])
+    groups = ["a", "a", "b", "b", None, "c", "d", "e"]
+    s = stratified_kfold(y, 2, seed=0, groups=groups)
+    for suffix in (".json", ".csv"):
+        back = read_splits(s.save(tmp_path / f"s{suffix}"))
+        assert np.array_equal(back.fold, s.fold)
+        assert [g for g in back.groups if not g.startswith("\0")] == ["a", "a", "b", "b", "c", "d", "e"]
+    assert "\0" not in (tmp_path / "s.csv").read_text()
+    with pytest.raises(ConfigError, match="patients"):
+        stratified_kfold(y, 3, groups=["a"] * 4 + ["b"] * 4)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,label,fold,patient\nx,0,0,p\ny,1,1,p\nz,0,1,q\n")
+    with pytest.raises(ConfigError, match="'p'"):
+        read_splits(bad)

@@ -34,7 +34,7 @@ HEAD_SETTINGS = {
     "abmil": (dict(hidden_dim=64, attn_dim=32), 2e-3, 5),
     "clam_sb": (dict(hidden_dim=64, attn_dim=32), 2e-3, 5),
     "clam_mb": (dict(hidden_dim=64, attn_dim=32), 2e-3, 5),
-    "dsmil": (dict(hidden_dim=64, query_dim=32), 5e-3, 5),
+    "dsmil": (dict(query_dim=32), 1e-2, 5),
     "transmil": (dict(hidden_dim=64, n_heads=4), 3e-3, 3),
     "mean_pool": (dict(hidden_dim=64), 5e-3, 5),
     "max_pool": (dict(hidden_dim=64), 5e-3, 8),
@@ -283,3 +283,81 @@ def test_config_validation_and_round_trip():
                    TrainConfig(device="cpu", epochs=1))
     with pytest.raises(ConfigError, match="class_weight"):
         train_head([np.zeros((3, 4), np.float32)] * 2, [0, 1], TrainConfig(device="cpu", class_weight=[1.0]))
+
+
+def imbalanced_bags(n_neg: int, n_pos: int, seed: int, neg_size: int | None = None, pos_size: int | None = None):
+    """Weak-signal bags: 30 % of a tumour bag's instances shifted by +1 along 2 of 16 dimensions."""
+    rng = np.random.default_rng(seed)
+    bags, labels = [], []
+    for i in range(n_neg + n_pos):
+        y = int(i >= n_neg)
+        size = (pos_size if y else neg_size) or int(rng.integers(20, 60))
+        x = rng.standard_normal((size, 16)).astype(np.float32)
+        if y:
+            x[rng.random(size) < 0.3, :2] += 1.0
+        bags.append(x)
+        labels.append(y)
+    return bags, np.asarray(labels)
+
+
+def test_class_balance_changes_the_model_and_raises_minority_recall():
+    train_bags, train_y = imbalanced_bags(40, 5, seed=0)
+    test_bags, test_y = imbalanced_bags(50, 50, seed=1)
+    models, recall = {}, {}
+    for balance in ("none", "loss", "sampler"):
+        cfg = TrainConfig(head="mean_pool", head_kwargs=dict(hidden_dim=16), lr=5e-3, epochs=10, device="cpu",
+                          patience=None, balance=balance)
+        models[balance] = train_head(train_bags, train_y, cfg).model
+        p, _ = predict(models[balance], test_bags)
+        recall[balance] = float(np.mean(p[test_y == 1] >= 0.5))
+    for a, b in (("none", "loss"), ("none", "sampler"), ("loss", "sampler")):
+        diff = max(float((x - y).abs().max()) for x, y in zip(models[a].state_dict().values(),
+                                                               models[b].state_dict().values()))
+        assert diff > 1e-3, (a, b)
+    # Unbalanced, 5 tumour bags against 40 normal ones: the model calls almost nothing tumour.
+    assert recall["none"] <= 0.2, recall
+    assert recall["loss"] >= recall["none"] + 0.4 and recall["sampler"] >= recall["none"] + 0.4, recall
+
+
+def test_loss_balance_weights_are_normalised_and_class_weights_matter_only_when_balancing():
+    bags, y = imbalanced_bags(10, 3, seed=2)
+
+    def weights(**kw):
+        cfg = TrainConfig(head="mean_pool", head_kwargs=dict(hidden_dim=8), lr=5e-3, epochs=2, device="cpu",
+                          patience=None, **kw)
+        return torch.cat([p.flatten() for p in train_head(bags, y, cfg).model.state_dict().values()])
+
+    none = weights(balance="none")
+    # weights are normalised to mean 1 over the training bags: equal class weights of any size change nothing
+    assert torch.equal(weights(balance="loss", class_weight=None), none)
+    assert torch.equal(weights(balance="loss", class_weight=[3.0, 3.0]), none)
+    # without balancing the class weights are not used; with it, they are
+    assert torch.equal(weights(balance="none", class_weight=[1.0, 50.0]), none)
+    heavy = weights(balance="loss", class_weight=[1.0, 50.0])
+    assert not torch.allclose(heavy, none) and not torch.allclose(heavy, weights(balance="loss"))
+    with pytest.raises(ConfigError, match="weight 0"):
+        train_head(bags, y, TrainConfig(device="cpu", balance="loss", class_weight=[0.0, 0.0]))
+    with pytest.raises(ConfigError, match="balance"):
+        TrainConfig(balance="oversample")
+
+
+def test_sampler_draws_classes_equally_often():
+    # normal bags have 5 instances, tumour bags 7, so the forward hook sees which class each step drew
+    bags, y = imbalanced_bags(24, 4, seed=3, neg_size=5, pos_size=7)
+    seen = []
+
+    def record(module, args):
+        if isinstance(module, MILHead) and module.training:
+            seen.append(args[0].shape[0])
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        train_head(bags, y, config_for("mean_pool", epochs=20, balance="sampler"))
+        sampled = seen.copy()
+        seen.clear()
+        train_head(bags, y, config_for("mean_pool", epochs=2, balance="loss"))
+    finally:
+        handle.remove()
+    assert len(sampled) == 20 * len(y)  # n draws an epoch, with replacement
+    assert 0.4 < np.mean(np.asarray(sampled) == 7) < 0.6
+    assert sorted(seen) == sorted(np.where(y == 1, 7, 5).tolist() * 2)  # loss balance: every bag once an epoch

@@ -95,3 +95,27 @@ def test_holdout_split_is_per_class_and_stable(dataset):
     test = sorted(it.slide_id for it in inputs if it.split == "test")
     assert test == ["normal_004", "normal_005", "tumor_004", "tumor_005"]
     assert all(it.annotation is not None for it in inputs if it.label == 1)
+
+
+def test_holdout_keeps_each_patients_slides_on_one_side(tmp_path):
+    from slidestream.errors import ConfigError
+    from slidestream.pipeline.inputs import SlideInput
+
+    def inputs(patients, splits=None):
+        return [SlideInput(tmp_path / f"s{i}.svs", f"s{i}", label=int(i >= 6), patient=p,
+                           split=None if splits is None else splits[i]) for i, p in enumerate(patients)]
+
+    # without patients: the last 40 % of each class in name order
+    plain = assign_holdout(inputs([None] * 10), 0.4)
+    assert [it.slide_id for it in plain if it.split == "test"] == ["s4", "s5", "s8", "s9"]
+    # s3, s4 and s5 are one patient (drawn as one unit), s8 and s9 another
+    grouped = assign_holdout(inputs([None, None, None, "A", "A", "A", None, None, "B", "B"]), 0.4)
+    side = {it.slide_id: it.split for it in grouped}
+    assert side["s3"] == side["s4"] == side["s5"] and side["s8"] == side["s9"]
+    assert {side["s3"], side["s8"]} == {"test"}
+    # a patient with a tumour slide counts as tumour: it moves with the tumour patients
+    mixed = assign_holdout(inputs([None, None, None, None, None, "C", "C", None, None, None]), 0.5)
+    assert len({it.split for it in mixed if it.patient == "C"}) == 1
+    # given splits that cut a patient in two are refused
+    with pytest.raises(ConfigError, match="'A'"):
+        assign_holdout(inputs(["A", "A"] + [None] * 8, ["test"] + ["train"] * 9), 0.4)
