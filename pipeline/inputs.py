@@ -12,6 +12,7 @@ import csv
 import glob
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -74,10 +75,24 @@ def _from_manifest(path: Path) -> list[SlideInput]:
     return out
 
 
+_DUMPED_TILE = re.compile(r"_x\d+_y\d+\.(png|jpg)$")
+
+
+def is_own_output(path: Path) -> bool:
+    """Whether a file found by a folder scan is one slidestream wrote (a heatmap, a QC image, a dumped tile ...),
+    so that rerunning a command on a folder that also holds its outputs never takes them for slides."""
+    name = path.name
+    if name.endswith(".heatmap.png") or name.startswith("."):
+        return True
+    if path.parent.name == "qc" and (path.parent.parent / "run-tile.json").is_file():
+        return True  # tiling QC images (<stores>/qc/<slide_id>.jpg)
+    return bool(_DUMPED_TILE.search(name)) and name.startswith(f"{path.parent.name}_")  # <dir>/<id>/<id>_x.._y..
+
+
 def _slide_files_in(folder: Path) -> list[Path]:
     found, dicom_dirs = [], set()
     for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in SLIDE_SUFFIXES:
+        if not p.is_file() or p.suffix.lower() not in SLIDE_SUFFIXES or is_own_output(p):
             continue
         if p.suffix.lower() == ".dcm":
             # A DICOM slide is a series of files in one folder; OpenSlide opens it from any one of them.

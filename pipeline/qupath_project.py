@@ -33,7 +33,7 @@ from ..annotations.qupath_project import (OPENSLIDE_PROVIDER, PROJECT_FILE, SCRI
                                           import_script, write_project)
 from ..errors import ConfigError, SlidestreamError
 from ..fileio import atomic_path, atomic_write, is_temp_name
-from .inputs import SLIDE_SUFFIXES, collect_inputs
+from .inputs import SLIDE_SUFFIXES, collect_inputs, is_own_output
 from .records import SlideOutcome, error_text
 from .reporting import QuietReporter, Reporter
 
@@ -106,7 +106,7 @@ def _search(folder: Path, found: _Found, skip: Path) -> None:
             path = here / name
             if _is_geojson(name):
                 found.geojson.append(path)
-            elif path.suffix.lower() in SLIDE_SUFFIXES:
+            elif path.suffix.lower() in SLIDE_SUFFIXES and not is_own_output(path):
                 if path.suffix.lower() == ".dcm":  # one file stands for the folder's DICOM series
                     if dicom_seen:
                         continue

@@ -12,3 +12,17 @@ def test_manifest_patient_column_is_read_and_not_metadata(tmp_path):
     assert all("patient" not in it.meta for it in items) and items[0].meta == {"site": "x"}
     assert "patient" in MANIFEST_COLUMNS
     assert collect_inputs([tmp_path / "a.svs"])[0].patient is None
+
+
+def test_a_folder_scan_skips_the_tools_own_outputs(tmp_path):
+    from slidestream.pipeline.inputs import collect_inputs
+
+    (tmp_path / "a.svs").write_bytes(b"x")
+    (tmp_path / "notes.png").write_bytes(b"x")  # a user's image: a slide candidate as before
+    (tmp_path / "a.heatmap.png").write_bytes(b"x")
+    (tmp_path / "qc").mkdir()
+    (tmp_path / "qc" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "run-tile.json").write_text("{}")
+    (tmp_path / "tiles" / "a").mkdir(parents=True)
+    (tmp_path / "tiles" / "a" / "a_x256_y512.png").write_bytes(b"x")
+    assert sorted(it.path.name for it in collect_inputs([tmp_path])) == ["a.svs", "notes.png"]
