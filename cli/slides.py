@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ._common import (err, exit_for, fail, out, reporter, scheduler_option, stain_option, stain_reference_option,
-                      summary_table, tiling_options)
+from ._common import (err, exit_for, fail, max_pixels_option, out, reporter, scheduler_option, stain_option,
+                      stain_reference_option, summary_table, tiling_options)
 
 __all__ = ["info", "synth", "tile"]
 
@@ -22,7 +22,8 @@ __all__ = ["info", "synth", "tile"]
 @click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
 @click.option("--backend", type=click.Choice(["auto", "openslide", "tiffslide", "pil"]), default="auto",
               show_default=True, help="Reader to use.")
-def info(slides, as_json, mpp, backend):
+@max_pixels_option
+def info(slides, as_json, mpp, backend, max_pixels):
     """Show the properties of SLIDES (files, folders or globs).
 
     One row per slide; a file that cannot be opened gets one line saying why, and the exit status is 1.
@@ -30,7 +31,7 @@ def info(slides, as_json, mpp, backend):
     from ..pipeline.info import describe_slides
     from ..pipeline.inputs import collect_inputs
 
-    described, failed = describe_slides(collect_inputs(slides), mpp=mpp, backend=backend)
+    described, failed = describe_slides(collect_inputs(slides), mpp=mpp, backend=backend, max_pixels=max_pixels)
     if as_json:
         click.echo(json.dumps({"slides": described, "failed": failed}, indent=2, default=str))
     else:
@@ -111,8 +112,9 @@ def synth(out, dataset, n_normal, n_tumor, width, height, mpp, with_tumor, pen, 
                    "of <slide_id>.geojson/.xml files.")
 @click.option("--export-tissue", is_flag=True, help="Also write <slide_id>.tissue.geojson (QuPath class Tissue).")
 @click.option("--overwrite", is_flag=True, help="Rebuild stores made from another slide or other parameters.")
+@max_pixels_option
 def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, mpp, save_patches, workers, stain,
-         stain_reference, scheduler, roi, export_tissue, overwrite):
+         stain_reference, scheduler, roi, export_tissue, overwrite, max_pixels):
     """Segment tissue and cut SLIDES (files, folders, globs or a manifest CSV) into tiles in Zarr stores.
 
     Re-running finishes interrupted stores and skips complete ones.
@@ -128,7 +130,7 @@ def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, mpp, save_patc
     outcomes = tile_batch(collect_inputs(slides, mpp=mpp), out, params, save_patches=save_patches,
                           overwrite=overwrite, workers=workers, scheduler=scheduler,
                           stain=stain, stain_reference=stain_reference,
-                          roi=roi, export_tissue=export_tissue, reporter=reporter())
+                          roi=roi, export_tissue=export_tissue, reporter=reporter(), max_pixels=max_pixels)
     summary_table("tiling", outcomes, ["tiles", "tissue_mm2", "action"])
     click.echo(f"run record: {out / 'run-tile.json'}")
     exit_for(outcomes)

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..fileio import remove_stale_temps
 from ..tiling.grid import TilingParams
 from .cluster import where_am_i
-from .inputs import SlideInput
+from .inputs import SlideInput, adopt_existing_stores
 from .records import SlideOutcome, slide_lock
 from .reporting import QuietReporter, Reporter
 from .runner import run_stage
@@ -52,6 +53,7 @@ def tile_batch(
     roi: str | os.PathLike | None = None,
     export_tissue: bool = False,
     reporter: Reporter | None = None,
+    max_pixels: int | None = None,
 ) -> list[SlideOutcome]:
     """Tile every slide into ``<out_dir>/<slide_id>.zarr``; writes ``run-tile.json``.
 
@@ -61,9 +63,16 @@ def tile_batch(
 
     ``stain`` ("macenko", "reinhard", "vahadane" or None) normalises the stored patches, fitted per slide;
     ``scheduler`` (an address, or "local") runs the batch on a ``dask.distributed`` cluster, one task per slide.
+    ``max_pixels`` is the pixel budget slides are opened with (:func:`slidestream.wsi.open_slide`; None: the
+    default): files claiming more are refused, each alone.
+
+    Slides whose store exists under an id of an earlier version keep that id (:func:`adopt_existing_stores`;
+    ``inputs`` are updated in place), and temporary files left in ``out_dir`` by an interrupted run are removed.
     """
     reporter = reporter or QuietReporter()
     out_dir = Path(out_dir)
+    adopt_existing_stores(inputs, out_dir)
+    remove_stale_temps(out_dir)
 
     def roi_for(it: SlideInput):
         if roi is None:
@@ -78,7 +87,7 @@ def tile_batch(
         return roi_from_file(path)
 
     options = {"save_patches": save_patches, "overwrite": overwrite, "stain": stain,
-               "stain_reference": stain_reference, "export_tissue": export_tissue}
+               "stain_reference": stain_reference, "export_tissue": export_tissue, "max_pixels": max_pixels}
     record_params = {**params.to_dict(), "save_patches": save_patches, "stain": stain,
                      "stain_reference": stain_reference, "scheduler": scheduler, "roi": str(roi) if roi else None}
     if scheduler:
@@ -89,7 +98,7 @@ def tile_batch(
     if not scheduler and inputs and (overwrite or not (out_dir / f"{inputs[0].slide_id}.zarr").exists()):
         from ..tiling.overview import start_tissue_mask
 
-        early = start_tissue_mask(inputs[0].path, params, mpp=inputs[0].mpp, workers=workers)
+        early = start_tissue_mask(inputs[0].path, params, mpp=inputs[0].mpp, workers=workers, max_pixels=max_pixels)
 
     def one(it: SlideInput) -> dict:
         with reporter.task(f"tile {it.slide_id}", None) as t:
@@ -123,7 +132,8 @@ def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, pa
     workers : int or None
         Local workers inside this job (processes on Linux, else threads).
     options : dict
-        ``save_patches``, ``overwrite``, ``stain``, ``stain_reference``, ``export_tissue`` of :func:`tile_batch`.
+        ``save_patches``, ``overwrite``, ``stain``, ``stain_reference``, ``export_tissue``, ``max_pixels`` of
+        :func:`tile_batch`.
     tissue : EarlyTissue, optional
         The slide's tissue mask being computed by a helper process (see :func:`tile_slide`).
 
@@ -141,7 +151,8 @@ def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, pa
         res = tile_slide(slide_path, out_dir, params, mpp=mpp, save_patches=options["save_patches"],
                                      overwrite=options["overwrite"], workers=workers,
                                      stain=make_normalizer(options["stain"], options["stain_reference"]), roi=roi,
-                                     slide_id=slide_id, progress=progress, tissue=tissue)
+                                     slide_id=slide_id, progress=progress, tissue=tissue,
+                                     max_pixels=options.get("max_pixels"))
         if options["export_tissue"]:
             from ..tiling.regions import write_tissue_geojson
 
