@@ -58,6 +58,34 @@ class MissingMPPError(SlideError):
     default_hint = "pass the pixel size explicitly with --mpp (e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
 
 
+class SlideTooLargeError(SlideError):
+    """The file claims an image larger than the pixel budget: decoding it could exhaust memory.
+
+    Raised before anything is decoded, from what the file's own headers claim (a decompression bomb is a small
+    file whose header claims a huge image).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The slide file.
+    reason : str
+        Which image of the file claims what size, and the budget it exceeds.
+    claimed : int
+        The pixels claimed.
+    budget : int
+        The budget exceeded, in pixels.
+    """
+
+    default_hint = ("if the file is genuine, raise the budget with --max-pixels (max_pixels= in Python); "
+                    "otherwise it is damaged or hostile")
+
+    def __init__(self, path: str | os.PathLike, reason: str, hint: str | None = None, *, claimed: int = 0,
+                 budget: int = 0):
+        self.claimed = int(claimed)
+        self.budget = int(budget)
+        super().__init__(path, reason, hint)
+
+
 class StoreError(SlidestreamError):
     """A slide store (``<slide_id>.zarr``) is missing, damaged or does not match the request."""
 

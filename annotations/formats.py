@@ -15,12 +15,18 @@ with holes or as a MultiPolygon. Other group names are kept as class names unles
 
 Invalid polygons (self-intersecting splines are common in CAMELYON16) are repaired with
 ``shapely.make_valid(method="structure")``: rings bound area, holes exclude it.
+
+Hostile and damaged files
+-------------------------
+Reading is capped (:mod:`slidestream.annotations.limits`): at most ``max_bytes`` after decompression (read in
+chunks, so a small ``.gz`` cannot inflate without bound), ``max_vertices`` in the file (counted while JSON is
+parsed), and ``max_crossings`` self-crossings in a polygon to repair (counted before ``make_valid``, whose cost
+grows with them). XML with entity declarations is refused (ASAP never writes them). Each cap is a keyword
+argument of :func:`read_annotations`, named in the error.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
 import warnings
@@ -38,6 +44,8 @@ from shapely.geometry.base import BaseGeometry
 from ..errors import ConfigError, SlidestreamError
 from ..fileio import atomic_open
 from .geometry import make_valid_polygonal, polygonal_parts
+from .limits import (DEFAULT_MAX_BYTES, DEFAULT_MAX_CROSSINGS, DEFAULT_MAX_VERTICES, DamagedGzip, LimitExceeded,
+                     check_crossings, loads_json, read_bounded)
 from .qupath import class_color
 
 __all__ = [
@@ -143,6 +151,9 @@ def read_annotations(
     *,
     class_map: Mapping[str, str | None] | None = None,
     offset: Sequence[float] = (0, 0),
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_vertices: int = DEFAULT_MAX_VERTICES,
+    max_crossings: int = DEFAULT_MAX_CROSSINGS,
 ) -> list[Annotation]:
     """Read ASAP XML, QuPath GeoJSON (any version, ``.gz`` too) or NCRF JSON annotations.
 
@@ -157,6 +168,13 @@ def read_annotations(
     offset : (x, y), default (0, 0)
         Added to every coordinate. ASAP and NCRF files are already in OpenSlide level-0 pixels; QuPath GeoJSON
         from a slide with OpenSlide bounds (MRXS) needs ``(bounds-x, bounds-y)`` here.
+    max_bytes : int, default 64 MiB
+        Largest content read, after decompression.
+    max_vertices : int, default 2,000,000
+        Most vertices in the file.
+    max_crossings : int, default 10,000
+        Most self-crossings of one polygon that is repaired; a polygon crossing itself more often (a scribble)
+        is refused rather than repaired in unbounded time and memory.
 
     Returns
     -------
@@ -167,35 +185,18 @@ def read_annotations(
     Raises
     ------
     AnnotationError
-        If the file is not one of these formats or is malformed.
+        If the file is not one of these formats, is malformed, or exceeds a cap (the message names the keyword
+        argument that raises it).
     FileNotFoundError
         If ``path`` does not exist.
     """
     path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise AnnotationError(path, f"damaged gzip data ({e})", "re-copy or re-export the file") from None
-    head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-    if head == b"<":
-        mapping = {**ASAP_CLASS_MAP, **(class_map or {})}
-        items = _read_asap(path, raw)
-    elif head in (b"{", b"["):
-        try:
-            doc = json.loads(raw.decode("utf-8-sig"))  # lenient about NaN/Infinity, like QuPath (R-02)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise AnnotationError(path, f"not valid JSON ({e})") from None
-        if isinstance(doc, dict) and "type" not in doc and ("positive" in doc or "negative" in doc):
-            mapping = {**NCRF_CLASS_MAP, **(class_map or {})}
-            items = _read_ncrf(path, doc)
-        else:
-            mapping = dict(class_map or {})
-            items = []
-            _walk_geojson(path, doc, items)
-    else:
-        raise AnnotationError(path, "not ASAP XML, GeoJSON or NCRF JSON (unrecognised content)")
+    try:
+        items, mapping = _read_items(path, class_map, max_bytes, max_vertices, max_crossings)
+    except LimitExceeded as e:
+        raise AnnotationError(path, e.reason, f"simplify or split the annotations (QuPath: Objects > Annotations > "
+                                              f"Simplify shape), or raise the cap: read_annotations(..., "
+                                              f"{e.option}=N) or roi_from_file(..., {e.option}=N)") from None
 
     ox, oy = (float(v) for v in offset)
     kept: list[Annotation] = []
@@ -218,6 +219,49 @@ def read_annotations(
     if holes:
         kept = _subtract(kept, holes)
     return kept
+
+
+def _read_items(path: Path, class_map, max_bytes: int, max_vertices: int,
+                max_crossings: int) -> tuple[list[Annotation], dict]:
+    try:
+        raw = read_bounded(path, max_bytes)
+    except DamagedGzip as e:
+        raise AnnotationError(path, f"damaged gzip data ({e})", "re-copy or re-export the file") from None
+    head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if head == b"<":
+        if b"<!ENTITY" in raw:
+            raise AnnotationError(path, "XML with entity declarations (can expand without bound)",
+                                  "ASAP never writes them: export the annotations again")
+        if raw.count(b"<Coordinate ") + raw.count(b"<Coordinate/") > max_vertices:
+            raise LimitExceeded(f"holds more than {max_vertices:,} vertices", "max_vertices")
+        mapping = {**ASAP_CLASS_MAP, **(class_map or {})}
+        items = _read_asap(path, raw, max_crossings)
+    elif head in (b"{", b"["):
+        try:
+            doc = loads_json(raw.decode("utf-8-sig"), max_vertices)  # lenient about NaN/Infinity, like QuPath (R-02)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise AnnotationError(path, f"not valid JSON ({e})") from None
+        del raw
+        if isinstance(doc, dict) and "type" not in doc and ("positive" in doc or "negative" in doc):
+            mapping = {**NCRF_CLASS_MAP, **(class_map or {})}
+            items = _read_ncrf(path, doc, max_crossings)
+        else:
+            mapping = dict(class_map or {})
+            items = []
+            _walk_geojson(path, doc, items, max_crossings)
+    else:
+        raise AnnotationError(path, "not ASAP XML, GeoJSON or NCRF JSON (unrecognised content)")
+    vertices = sum(int(shapely.get_num_coordinates(a.geometry)) for a in items)
+    if vertices > max_vertices:
+        raise LimitExceeded(f"holds {vertices:,} vertices, more than {max_vertices:,}", "max_vertices")
+    return items, mapping
+
+
+def _repaired(geometry: BaseGeometry, max_crossings: int) -> Polygon | MultiPolygon:
+    """``make_valid_polygonal(geometry)``, once its self-crossings are known to be few enough to repair."""
+    if not geometry.is_valid:
+        check_crossings(geometry, max_crossings)
+    return make_valid_polygonal(geometry)
 
 
 def _subtract(anns: list[Annotation], holes: list[BaseGeometry]) -> list[Annotation]:
@@ -246,7 +290,7 @@ def _number(text: str | None) -> float:
     return float((text or "nan").replace(",", "."))
 
 
-def _read_asap(path: Path, raw: bytes) -> list[Annotation]:
+def _read_asap(path: Path, raw: bytes, max_crossings: int) -> list[Annotation]:
     try:
         root = ET.fromstring(raw)
     except ET.ParseError as e:
@@ -279,7 +323,7 @@ def _read_asap(path: Path, raw: bytes) -> list[Annotation]:
         elif kind in ("Measurement", "Ruler"):
             geom = LineString(xy) if len(xy) >= 2 else None
         else:  # Polygon, Spline (control points taken as vertices, as CAMELYON16's evaluation does), Rectangle
-            geom = make_valid_polygonal(Polygon(xy)) if len(xy) >= 3 else None
+            geom = _repaired(Polygon(xy), max_crossings) if len(xy) >= 3 else None
         if geom is None or geom.is_empty:
             warnings.warn(f"{path}: annotation {i} ({el.get('Name')!r}) has no area or points; skipped",
                           stacklevel=3)
@@ -293,7 +337,7 @@ def _read_asap(path: Path, raw: bytes) -> list[Annotation]:
     return out
 
 
-def _read_ncrf(path: Path, doc: dict) -> list[Annotation]:
+def _read_ncrf(path: Path, doc: dict, max_crossings: int) -> list[Annotation]:
     out = []
     for key in ("positive", "negative"):
         entries = doc.get(key) or []
@@ -304,7 +348,7 @@ def _read_ncrf(path: Path, doc: dict) -> list[Annotation]:
                 xy = [(float(x), float(y)) for x, y, *_ in entry["vertices"]]
             except (KeyError, TypeError, ValueError):
                 raise AnnotationError(path, f"NCRF {key}[{i}] has no usable 'vertices' [[x, y], ...]") from None
-            geom = make_valid_polygonal(Polygon(xy)) if len(xy) >= 3 else MultiPolygon()
+            geom = _repaired(Polygon(xy), max_crossings) if len(xy) >= 3 else MultiPolygon()
             if geom.is_empty:
                 warnings.warn(f"{path}: NCRF {key}[{i}] has no area; skipped", stacklevel=3)
                 continue
@@ -312,11 +356,11 @@ def _read_ncrf(path: Path, doc: dict) -> list[Annotation]:
     return out
 
 
-def _walk_geojson(path: Path, obj: Any, out: list[Annotation]) -> None:
+def _walk_geojson(path: Path, obj: Any, out: list[Annotation], max_crossings: int) -> None:
     # Same dispatch as QuPath's GsonTools.addPathObjects (R-03), but lenient about what sits in `features`.
     if isinstance(obj, list):
         for item in obj:
-            _walk_geojson(path, item, out)
+            _walk_geojson(path, item, out, max_crossings)
         return
     if not isinstance(obj, dict):
         return
@@ -324,24 +368,45 @@ def _walk_geojson(path: Path, obj: Any, out: list[Annotation]) -> None:
     if kind == "FeatureCollection":
         for item in obj.get("features") or []:
             if isinstance(item, dict) and "geometry" in item and item.get("type") != "FeatureCollection":
-                _read_feature(path, item, out)
+                _read_feature(path, item, out, max_crossings)
             else:
-                _walk_geojson(path, item, out)
+                _walk_geojson(path, item, out, max_crossings)
     elif kind == "Feature":
-        _read_feature(path, obj, out)
+        _read_feature(path, obj, out, max_crossings)
     elif kind in _GEOJSON_GEOMETRIES:
-        geom = _shape(path, obj)
+        geom = _shape(path, obj, max_crossings)
         if geom is not None:
             out.append(Annotation(geometry=geom, class_name=None))
 
 
-def _shape(path: Path, geometry: Any) -> BaseGeometry | None:
-    if not isinstance(geometry, dict):
+def _polygonal(geometry: dict) -> BaseGeometry | None:
+    """A GeoJSON Polygon or MultiPolygon built through numpy (shapely's ``shape`` walks every vertex in Python);
+    None for other types and anything unusual, which ``shape`` then handles and reports."""
+    kind, coords = geometry.get("type"), geometry.get("coordinates")
+    if kind not in ("Polygon", "MultiPolygon") or not isinstance(coords, list):
         return None
     try:
-        g = shapely.geometry.shape(geometry)  # 'plane', 'isEllipse' and other extra members are ignored
-    except Exception as e:  # shapely raises several exception types on malformed coordinates
-        raise AnnotationError(path, f"malformed {geometry.get('type')} geometry ({e})") from None
+        polys = []
+        for rings in [coords] if kind == "Polygon" else coords:
+            arrays = [np.asarray(ring, dtype=float) for ring in rings]
+            if not arrays or any(a.ndim != 2 or a.shape[1] < 2 or len(a) < 4 for a in arrays):
+                return None
+            rings_ = [shapely.linearrings(a[:, :2]) for a in arrays]
+            polys.append(shapely.polygons(rings_[0], holes=rings_[1:] or None))
+    except (TypeError, ValueError, shapely.errors.GEOSException):
+        return None
+    return polys[0] if kind == "Polygon" else MultiPolygon(polys)
+
+
+def _shape(path: Path, geometry: Any, max_crossings: int) -> BaseGeometry | None:
+    if not isinstance(geometry, dict):
+        return None
+    g = _polygonal(geometry)
+    if g is None:
+        try:
+            g = shapely.geometry.shape(geometry)  # 'plane', 'isEllipse' and other extra members are ignored
+        except Exception as e:  # shapely raises several exception types on malformed coordinates
+            raise AnnotationError(path, f"malformed {geometry.get('type')} geometry ({e})") from None
     g = shapely.force_2d(g)
     if g.geom_type == "GeometryCollection":
         # QuPath 0.4/0.5 keep the highest dimension only (GeometryTools.homogenizeGeometryCollection).
@@ -352,6 +417,7 @@ def _shape(path: Path, geometry: Any) -> BaseGeometry | None:
             lines = [p for p in g.geoms if p.geom_type in ("LineString", "MultiLineString")]
             g = shapely.union_all(lines) if lines else shapely.union_all(list(g.geoms))
     if g.geom_type in ("Polygon", "MultiPolygon") and not g.is_valid:
+        check_crossings(g, max_crossings)
         g = make_valid_polygonal(g)
     if g.geom_type == "MultiPolygon" and len(g.geoms) == 1:
         g = g.geoms[0]
@@ -396,8 +462,8 @@ def _measurements(meas: Any) -> dict[str, float]:
     return out
 
 
-def _read_feature(path: Path, feat: dict, out: list[Annotation]) -> None:
-    geom = _shape(path, feat.get("geometry"))
+def _read_feature(path: Path, feat: dict, out: list[Annotation], max_crossings: int) -> None:
+    geom = _shape(path, feat.get("geometry"), max_crossings)
     props = feat.get("properties")
     props = props if isinstance(props, dict) else {}
     if geom is None:
@@ -424,7 +490,7 @@ def _read_feature(path: Path, feat: dict, out: list[Annotation]) -> None:
     if isinstance(children, list):
         for child in children:
             if isinstance(child, dict):
-                _read_feature(path, child, out)
+                _read_feature(path, child, out, max_crossings)
 
 
 # ----------------------------------------------------------------------------------------------------------------

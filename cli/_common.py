@@ -49,6 +49,28 @@ def scheduler_option(help: str = "Address of a dask.distributed scheduler (tcp:/
     return click.option("--scheduler", envvar="SLIDESTREAM_SCHEDULER", default=None, help=help)
 
 
+def _pixel_count(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        number = float(str(value).replace("_", ""))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number of pixels (e.g. 5e8 or 500000000)") from None
+    if not number >= 1 or number != int(number):
+        raise click.BadParameter(f"{value!r} is not a positive whole number of pixels")
+    return int(number)
+
+
+def max_pixels_option(f):
+    """``--max-pixels N``: the pixel budget slides are opened with (None: the library default)."""
+    return click.option(
+        "--max-pixels", default=None, callback=_pixel_count, metavar="N",
+        help="Pixel budget per slide (default 268435456 = 2^28): refuse, before decoding anything, files that claim "
+             "a stored tile, strip or plain image of more pixels (decompression bombs), images larger than "
+             "max(N, 2^38) pixels, or that have no pyramid level of at most N pixels for overviews. Raise it for a "
+             "genuine slide refused as too large (e.g. --max-pixels 2e9); 5e8 or 500_000_000 are accepted.")(f)
+
+
 def tiling_options(f):
     """``--target-mpp``, ``--tile-size``, ``--overlap``, ``--min-tissue``."""
     opts = [

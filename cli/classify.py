@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._common import err, exit_for, print_predictions, reporter, scheduler_option, summary_table
+from ._common import err, exit_for, max_pixels_option, print_predictions, reporter, scheduler_option, summary_table
 
 __all__ = ["heatmap", "predict", "run", "train"]
 
@@ -98,14 +98,15 @@ def predict(manifest, stores, checkpoint, out, threshold, stratify):
 @click.option("--threshold", type=float, default=0.5, show_default=True,
               help="Normalised attention above which tiles are merged into 'High attention' regions.")
 @scheduler_option()
-def run(slides, checkpoint, out, weights, device, mpp, threshold, scheduler):
+@max_pixels_option
+def run(slides, checkpoint, out, weights, device, mpp, threshold, scheduler, max_pixels):
     """The whole inference path for new SLIDES: tile, embed with the checkpoint's encoder, predict, and write
     QuPath GeoJSON, PNG heatmaps and predictions.csv."""
     from ..pipeline.inputs import collect_inputs
     from ..pipeline.run import run_inference
 
     summary = run_inference(collect_inputs(slides, mpp=mpp), checkpoint, out, weights=weights, device=device,
-                            threshold=threshold, scheduler=scheduler, reporter=reporter())
+                            threshold=threshold, scheduler=scheduler, reporter=reporter(), max_pixels=max_pixels)
     print_predictions(summary.rows)
     click.echo(f"predictions: {summary.predictions_csv}")
     for o in summary.failed:

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ._common import err, out, print_predictions, print_scores, reporter, scheduler_option, stain_option, tiling_options
+from ._common import (err, max_pixels_option, out, print_predictions, print_scores, reporter, scheduler_option,
+                      stain_option, tiling_options)
 
 __all__ = ["bench", "demo", "evaluate", "status"]
 
@@ -146,8 +147,9 @@ def demo(out, n_slides, encoder, seed):
 @scheduler_option(
               help="Address of a dask.distributed scheduler (tcp://host:8786), or 'local' for a local cluster on "
                    "127.0.0.1, for the tiling and embedding stages.")
+@max_pixels_option
 def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, target_mpp, tile_size, overlap,
-          min_tissue, stain, device, froc_mpp, scheduler):
+          min_tissue, stain, device, froc_mpp, scheduler, max_pixels):
     """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
     manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
     the official lesion FROC, ROC/FROC plots, bench.json and report.md. Rerunning after an interruption skips
@@ -160,6 +162,6 @@ def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, tar
                       **({} if froc_mpp is None else {"froc_mpp": froc_mpp}),
                       tiling=TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap,
                                           min_tissue=min_tissue))
-    res = run_benchmark(source, out, cfg, reporter=reporter())
+    res = run_benchmark(source, out, cfg, reporter=reporter(), max_pixels=max_pixels)
     print_scores(res.auc, res.froc, res.metrics["n"])
     click.echo(f"report: {res.report}\nrecord: {res.record}")

@@ -11,8 +11,8 @@ import click
 from rich.table import Table
 
 from ..tiling.settings import KEEP_RULES, TISSUE_METHODS, TissueConfig
-from ._common import (err, exit_for, fail, out, reporter, scheduler_option, stain_option, stain_reference_option,
-                      summary_table, tiling_options)
+from ._common import (err, exit_for, fail, max_pixels_option, out, reporter, scheduler_option, stain_option,
+                      stain_reference_option, summary_table, tiling_options)
 
 __all__ = ["info", "synth", "tile"]
 
@@ -23,7 +23,8 @@ __all__ = ["info", "synth", "tile"]
 @click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
 @click.option("--backend", type=click.Choice(["auto", "openslide", "tiffslide", "pil"]), default="auto",
               show_default=True, help="Reader to use.")
-def info(slides, as_json, mpp, backend):
+@max_pixels_option
+def info(slides, as_json, mpp, backend, max_pixels):
     """Show the properties of SLIDES (files, folders or globs).
 
     One row per slide; a file that cannot be opened gets one line saying why, and the exit status is 1.
@@ -31,7 +32,7 @@ def info(slides, as_json, mpp, backend):
     from ..pipeline.info import describe_slides
     from ..pipeline.inputs import collect_inputs
 
-    described, failed = describe_slides(collect_inputs(slides), mpp=mpp, backend=backend)
+    described, failed = describe_slides(collect_inputs(slides), mpp=mpp, backend=backend, max_pixels=max_pixels)
     if as_json:
         click.echo(json.dumps({"slides": described, "failed": failed}, indent=2, default=str))
     else:
@@ -166,10 +167,11 @@ def _tissue_options(f):
 @click.option("--dump-format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
               help="Format of --dump-patches files: png (lossless) or jpg (quality 90, faster, smaller).")
 @click.option("--overwrite", is_flag=True, help="Rebuild stores made from another slide or other parameters.")
+@max_pixels_option
 def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, keep_rule, tissue_method, tissue_threshold,
          tissue_blur, tissue_closing, tissue_min_area, tissue_min_hole_area, tissue_holes, pen_filter,
          tissue_overrides, mpp, save_patches, workers, stain, stain_reference, scheduler, roi, export_tissue,
-         qc_images, dump_patches, dump_format, overwrite):
+         qc_images, dump_patches, dump_format, overwrite, max_pixels):
     """Segment tissue and cut SLIDES (files, folders, globs or a manifest CSV) into tiles in Zarr stores.
 
     Re-running finishes interrupted stores and skips complete ones.
@@ -191,7 +193,7 @@ def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, keep_rule, tis
                           stain=stain, stain_reference=stain_reference,
                           roi=roi, export_tissue=export_tissue, reporter=reporter(), tissue=tissue,
                           tissue_overrides=tissue_overrides, qc_images=qc_images, dump_patches=dump_patches,
-                          dump_format=dump_format)
+                          dump_format=dump_format, max_pixels=max_pixels)
     summary_table("tiling", outcomes, ["tiles", "tissue_mm2", "action"])
     click.echo(f"run record: {out / 'run-tile.json'}")
     exit_for(outcomes)

@@ -327,7 +327,8 @@ def embed_store(
                         stride0=0.0)
         # The store holds no patches: read them from the slide (a missing slide raises a SlideError naming it),
         # exactly as the tiler would have stored them.
-        slide = open_slide(path, mpp=store.slide.get("mpp") if store.slide.get("mpp_source") == "override" else None)
+        slide = open_slide(path, mpp=store.slide.get("mpp") if store.slide.get("mpp_source") == "override" else None,
+                           max_pixels=store.slide.get("max_pixels"))  # a budget raised at tiling time
         coords = store.coords
         read_patch = patch_reader(slide, plan, coords)
 

@@ -218,8 +218,10 @@ def _file_hash(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------------- the run
 def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | os.PathLike,
-                  config: BenchConfig | None = None, *, reporter: Reporter | None = None) -> BenchResult:
-    """Run a whole CAMELYON16-style benchmark into ``out_dir`` (resumable at every stage)."""
+                  config: BenchConfig | None = None, *, reporter: Reporter | None = None,
+                  max_pixels: int | None = None) -> BenchResult:
+    """Run a whole CAMELYON16-style benchmark into ``out_dir`` (resumable at every stage); ``max_pixels`` is the
+    pixel budget slides are opened with (:func:`slidestream.wsi.open_slide`; it does not change the numbers)."""
     t0 = time.perf_counter()
     config = config or BenchConfig()
     if not (isinstance(config.froc_mpp, (int, float)) and np.isfinite(config.froc_mpp) and config.froc_mpp > 0):
@@ -237,7 +239,8 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
                           f"train, {len(test)} test)")
 
     stores_dir = out_dir / "stores"
-    tile_batch(inputs, stores_dir, config.tiling, stain=config.stain, scheduler=config.scheduler, reporter=reporter)
+    tile_batch(inputs, stores_dir, config.tiling, stain=config.stain, scheduler=config.scheduler, reporter=reporter,
+               max_pixels=max_pixels)
     embed_batch(store_paths(stores_dir, [it.slide_id for it in inputs if (stores_dir / f"{it.slide_id}.zarr").exists()]),
                 config.encoder, weights=config.weights, device=config.device, scheduler=config.scheduler,
                 reporter=reporter)

@@ -155,7 +155,7 @@ def embed_store_job(path: str | os.PathLike, encoder_name: str, options: dict, *
             else:
                 t_ = store.tiling
                 plan = ReadPlan(t_["level"], t_["read_size"], t_["tile_size"], t_["extent0"], 0.0)
-                with open_slide(store.slide["path"]) as slide:
+                with open_slide(store.slide["path"], max_pixels=store.slide.get("max_pixels")) as slide:
                     read = patch_reader(slide, plan, store.coords)
                     sample = np.stack([read(xy) for xy in store.coords[idx]])
             norm.fit_source(sample)

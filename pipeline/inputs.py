@@ -4,6 +4,12 @@ A manifest has a ``slide`` column (path, relative to the CSV) and optionally ``l
 ``annotation``, ``mpp``, ``slide_id``, ``patient`` and any metadata columns (site, scanner ...). Slides with the
 same ``patient`` are kept together in one cross-validation fold and on one side of a train/test split; a slide
 without one is a patient of its own.
+
+Slide ids name each slide's files (``<slide_id>.zarr``). They come from the file name alone
+(:func:`slidestream.wsi.slide_id_from_path`), so a slide keeps its id whatever else is in the batch; only files
+that would share one (the same name in two folders, or names differing only in extension or letter case, which
+macOS and Windows file systems do not tell apart) get a hash of their path appended, all of them, in any order.
+Stores made under the ids of earlier versions are found again by :func:`adopt_existing_stores`.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import ConfigError
-from ..wsi import slide_id_from_path
+from ..wsi import file_fingerprint, slide_id_from_path
+from ..wsi.identity import legacy_slide_id
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm",
                   ".png", ".jpg", ".jpeg"}
@@ -39,7 +46,11 @@ class SlideInput:
     patient: str | None = None
 
 
-def _from_manifest(path: Path) -> list[SlideInput]:
+def _path_hash(key: str) -> str:
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=3).hexdigest()
+
+
+def _from_manifest(path: Path, given: set[int] | None = None) -> list[SlideInput]:
     base = path.parent
     out = []
     with open(path, newline="") as f:
@@ -59,6 +70,8 @@ def _from_manifest(path: Path) -> list[SlideInput]:
                 # Ids name files in the output folder: nothing that could climb out of it or hide there.
                 raise ConfigError(f"{path}, line {i}: slide_id {given_id!r} is not a safe file name; use letters, "
                                   "digits, '.', '_' and '-' (not starting with '.')")
+            if given_id and given is not None:
+                given.add(len(out))
             try:
                 out.append(SlideInput(
                     path=p,
@@ -106,14 +119,24 @@ def _slide_files_in(folder: Path) -> list[Path]:
 def collect_inputs(inputs: Iterable[str | os.PathLike], *, mpp: float | None = None) -> list[SlideInput]:
     """Expand folders, globs, files and manifest CSVs into a list of slides with unique ids.
 
-    Two different files whose names would give the same slide id get ids disambiguated with a short hash of their
-    path (never silently merged).
+    Different files whose names give the same slide id (ignoring letter case) all get ``-`` and a short hash of
+    their resolved path appended: never merged, and the same ids in any order of the inputs. Ids given in a
+    manifest's ``slide_id`` column are kept as they are; two files given the same one are refused.
+
+    Raises
+    ------
+    ConfigError
+        For a malformed manifest, a glob matching nothing, or one ``slide_id`` given to two files.
     """
     items: list[SlideInput] = []
+    given: set[int] = set()  # positions in `items` of ids given by a manifest
     for raw in inputs:
         p = Path(raw)
         if p.suffix.lower() == ".csv" and p.is_file():
-            items.extend(_from_manifest(p))
+            marked: set[int] = set()
+            rows = _from_manifest(p, marked)
+            given.update(len(items) + k for k in marked)
+            items.extend(rows)
         elif p.is_dir():
             items.extend(SlideInput(path=f, slide_id=slide_id_from_path(f)) for f in _slide_files_in(p))
         elif any(ch in str(raw) for ch in "*?["):
@@ -129,16 +152,75 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, mpp: float | None = N
             it.mpp = it.mpp or mpp
     # The same file given twice (a folder and a glob, say) is one slide; two files with one name are two.
     by_path: dict[str, SlideInput] = {}
-    for it in items:
-        by_path.setdefault(str(it.path.resolve()) if it.path.exists() else str(it.path), it)
-    taken: set[str] = set()
-    unique: list[SlideInput] = []
+    fixed: set[int] = set()  # id() of the inputs whose id was given
+    for k, it in enumerate(items):
+        key = str(it.path.resolve()) if it.path.exists() else str(it.path)
+        if key not in by_path:
+            by_path[key] = it
+            if k in given:
+                fixed.add(id(it))
+    _separate(by_path, fixed)
+    return list(by_path.values())
+
+
+def _separate(by_path: dict[str, SlideInput], fixed: set[int]) -> None:
+    """Append a hash of the path to every id shared (ignoring case) by several files, except ids in ``fixed``."""
+    groups: dict[str, list[tuple[str, SlideInput]]] = {}
     for key, it in by_path.items():
-        if it.slide_id in taken:
-            it.slide_id = f"{it.slide_id}-{hashlib.blake2b(key.encode(), digest_size=3).hexdigest()}"
-        taken.add(it.slide_id)
-        unique.append(it)
-    return unique
+        groups.setdefault(it.slide_id.casefold(), []).append((key, it))
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        kept = [it for _, it in members if id(it) in fixed]
+        if len(kept) > 1:
+            raise ConfigError(f"slide_id {kept[0].slide_id!r} is given to several files ("
+                              f"{', '.join(str(it.path) for it in kept)}); give each its own")
+        for key, it in members:
+            if id(it) not in fixed:
+                it.slide_id = f"{it.slide_id}-{_path_hash(key)}"
+
+
+def adopt_existing_stores(inputs: list[SlideInput], out_dir: str | os.PathLike) -> None:
+    """Give each slide the id of a store it already has in ``out_dir`` under an id of an earlier version.
+
+    Before ids kept Unicode letters, ``slide ä.svs`` was ``slide__``, and the second of two colliding files got a
+    path hash that the first did not. When ``<out_dir>/<slide_id>.zarr`` does not exist but a store under such an
+    old id does, and it records this file's content (size and fingerprint), the slide takes that id (in place),
+    so work already done is resumed rather than repeated. Another slide of the batch that would then share the
+    id gets a hash of its path appended.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    adopted: set[int] = set()
+    taken: set[str] = set()
+    for it in inputs:
+        if (out_dir / f"{it.slide_id}.zarr").exists() or not it.path.is_file():
+            continue
+        old = legacy_slide_id(it.path)
+        key = str(it.path.resolve())
+        for candidate in (old, f"{old}-{_path_hash(key)}"):
+            if (candidate != it.slide_id and candidate not in taken
+                    and _store_records(out_dir / f"{candidate}.zarr", it.path)):
+                it.slide_id = candidate
+                adopted.add(id(it))
+                taken.add(candidate)
+                break
+    if adopted:
+        _separate({str(it.path.resolve()) if it.path.exists() else str(it.path): it for it in inputs}, adopted)
+
+
+def _store_records(store: Path, slide: Path) -> bool:
+    """Whether ``store`` is a slide store made from this file's current content."""
+    if not (store / "zarr.json").is_file():
+        return False
+    from ..store import SlideStore  # Zarr: only when an old store is there to look at
+
+    try:
+        recorded = SlideStore.open(store).slide
+        return recorded.get("size") == slide.stat().st_size and recorded.get("fingerprint") == file_fingerprint(slide)
+    except Exception:  # noqa: BLE001 - an unreadable store is simply not this slide's
+        return False
 
 
 def store_paths(out_dir: str | os.PathLike, slide_ids: list[str] | None = None) -> list[Path]:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..annotations import region_features, tile_features, tumor_regions, write_geojson
 from ..errors import ConfigError
+from ..fileio import remove_stale_temps
 from ..store import SlideStore
 from ..tiling.regions import tissue_polygons
 from ..viz.heatmap import render_heatmap
@@ -60,6 +61,7 @@ def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.Pat
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)  # left by an interrupted run
     store = SlideStore.open(store_path)
     scores = store.read_scores(model_name)
     names = list(store.group[f"scores/{model_name}"].attrs.get("columns", []))
@@ -92,7 +94,7 @@ def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.Pat
         src = slide_path or store.slide["path"]
         override = mpp if mpp is not None else (
             store.slide["mpp"] if store.slide.get("mpp_source") == "override" else None)
-        with open_slide(src, mpp=override) as slide:
+        with open_slide(src, mpp=override, max_pixels=store.slide.get("max_pixels")) as slide:
             thumb = slide.thumbnail(1024)
             w0, h0 = slide.dimensions
         ds = (w0 / thumb.shape[1], h0 / thumb.shape[0])
@@ -114,6 +116,7 @@ def heatmap_batch(stores: list[Path], out_dir: str | os.PathLike, *, model_name:
     stores' features with ``checkpoint`` (heatmaps from already-extracted features). Slides whose scores cannot
     be computed (features missing or damaged) come first among the outcomes, failed."""
     reporter = reporter or QuietReporter()
+    remove_stale_temps(out_dir)  # left by an interrupted run
     probs: dict[str, float] = {}
     failed: list[SlideOutcome] = []  # slides whose scores could not be computed: reported with the heatmaps'
     if checkpoint is not None:

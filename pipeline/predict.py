@@ -17,7 +17,7 @@ from ..mil import load_checkpoint, predict_ensemble
 from ..mil.standardize import FeatureNorm
 from ..store import SlideStore
 from .bags import load_bag
-from .inputs import SlideInput, store_paths
+from .inputs import SlideInput, adopt_existing_stores, store_paths
 from .records import SlideOutcome
 from .reporting import QuietReporter, Reporter
 from .runner import run_per_slide
@@ -124,6 +124,7 @@ def predict_batch(inputs: list[SlideInput], stores_dir: str | os.PathLike, check
     ``threshold``, Brier, ECE) with ROC and reliability plots, optionally per value of a metadata column."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    adopt_existing_stores(inputs, stores_dir)  # stores made under the ids of an earlier version
     paths = store_paths(stores_dir, [it.slide_id for it in inputs])
     rows, outcomes = predict_stores(paths, checkpoint, model_name=Path(checkpoint).name, reporter=reporter)
     describe_rows(rows, inputs)

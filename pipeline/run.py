@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..fileio import remove_stale_temps
 from ..mil import load_checkpoint
 from ..tiling.grid import TilingParams
 from .embed import embed_batch
@@ -50,21 +51,24 @@ def run_inference(
     save_patches: bool = False,
     scheduler: str | None = None,
     reporter: Reporter | None = None,
+    max_pixels: int | None = None,
 ) -> RunSummary:
     """The whole inference path for new slides: tile → embed (the checkpoint's encoder) → predict → outputs.
 
     Writes ``<out>/stores/<slide_id>.zarr``, ``<out>/<slide_id>.geojson``, ``<out>/<slide_id>.heatmap.png`` and
     ``<out>/predictions.csv``. Slides that fail at any stage are reported and skipped. ``scheduler`` runs the
-    tiling and embedding on a ``dask.distributed`` cluster (see :func:`tile_batch`).
+    tiling and embedding on a ``dask.distributed`` cluster (see :func:`tile_batch`); ``max_pixels`` is the pixel
+    budget slides are opened with (:func:`slidestream.wsi.open_slide`).
     """
     reporter = reporter or QuietReporter()
     out_dir = Path(out_dir)
+    remove_stale_temps(out_dir)  # left by an interrupted run
     _, _, meta = load_checkpoint(checkpoint)
     tiling = meta.get("tiling", {})
     params = TilingParams(**{k: v for k, v in tiling.items() if k in ("mpp", "tile_size", "overlap", "min_tissue")})
     stores_dir = out_dir / "stores"
     outcomes = {"tile": tile_batch(inputs, stores_dir, params, save_patches=save_patches, scheduler=scheduler,
-                                   reporter=reporter)}
+                                   reporter=reporter, max_pixels=max_pixels)}
     ok = [it for it, o in zip(inputs, outcomes["tile"]) if o.status != "failed"]
     paths = store_paths(stores_dir, [it.slide_id for it in ok])
     outcomes["embed"] = embed_batch(paths, meta["encoder"], weights=weights, device=device, scheduler=scheduler,

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..fileio import remove_stale_temps
 from ..tiling.grid import TilingParams
 from ..tiling.tissue import TissueConfig
 from .cluster import where_am_i
-from .inputs import SlideInput
+from .inputs import SlideInput, adopt_existing_stores
 from .records import SlideOutcome, slide_lock
 from .reporting import QuietReporter, Reporter
 from .runner import run_stage
@@ -58,6 +59,7 @@ def tile_batch(
     qc_images: bool = True,
     dump_patches: str | os.PathLike | None = None,
     dump_format: str = "png",
+    max_pixels: int | None = None,
 ) -> list[SlideOutcome]:
     """Tile every slide into ``<out_dir>/<slide_id>.zarr``; writes ``run-tile.json``.
 
@@ -74,9 +76,16 @@ def tile_batch(
 
     ``stain`` ("macenko", "reinhard", "vahadane" or None) normalises the stored patches, fitted per slide;
     ``scheduler`` (an address, or "local") runs the batch on a ``dask.distributed`` cluster, one task per slide.
+    ``max_pixels`` is the pixel budget slides are opened with (:func:`slidestream.wsi.open_slide`; None: the
+    default): files claiming more are refused, each alone.
+
+    Slides whose store exists under an id of an earlier version keep that id (:func:`adopt_existing_stores`;
+    ``inputs`` are updated in place), and temporary files left in ``out_dir`` by an interrupted run are removed.
     """
     reporter = reporter or QuietReporter()
     out_dir = Path(out_dir)
+    adopt_existing_stores(inputs, out_dir)
+    remove_stale_temps(out_dir)
 
     def roi_for(it: SlideInput):
         if roi is None:
@@ -115,7 +124,7 @@ def tile_batch(
     options = {"save_patches": save_patches, "overwrite": overwrite, "stain": stain,
                "stain_reference": stain_reference, "export_tissue": export_tissue, "qc_images": qc_images,
                "dump_patches": str(Path(dump_patches).resolve()) if dump_patches is not None else None,
-               "dump_format": dump_format}
+               "dump_format": dump_format, "max_pixels": max_pixels}
     record_params = {**params.to_dict(), "save_patches": save_patches, "stain": stain,
                      "stain_reference": stain_reference, "scheduler": scheduler, "roi": str(roi) if roi else None,
                      "tissue": tissue.to_dict(),
@@ -131,7 +140,7 @@ def tile_batch(
 
         first_params, first_options = settings(inputs[0])
         early = start_tissue_mask(inputs[0].path, first_params, mpp=inputs[0].mpp,
-                                  config=first_options["tissue_config"], workers=workers)
+                                  config=first_options["tissue_config"], workers=workers, max_pixels=max_pixels)
 
     def one(it: SlideInput) -> dict:
         it_params, it_options = settings(it)
@@ -167,8 +176,8 @@ def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, pa
         Local workers inside this job (processes on Linux, else threads).
     options : dict
         ``save_patches``, ``overwrite``, ``stain``, ``stain_reference``, ``export_tissue``, ``qc_images``,
-        ``dump_patches``, ``dump_format`` of :func:`tile_batch`; ``tissue_config`` (TissueConfig, optional) and
-        ``tissue_overrides`` (the override row applied, for the record).
+        ``dump_patches``, ``dump_format``, ``max_pixels`` of :func:`tile_batch`; ``tissue_config`` (TissueConfig,
+        optional) and ``tissue_overrides`` (the override row applied, for the record).
     tissue : EarlyTissue, optional
         The slide's tissue mask being computed by a helper process (see :func:`tile_slide`).
 
@@ -189,7 +198,8 @@ def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, pa
                                      overwrite=options["overwrite"], workers=workers,
                                      stain=make_normalizer(options["stain"], options["stain_reference"]), roi=roi,
                                      slide_id=slide_id, progress=progress, tissue=tissue,
-                                     tissue_config=options.get("tissue_config"))
+                                     tissue_config=options.get("tissue_config"),
+                                     max_pixels=options.get("max_pixels"))
         if options["export_tissue"]:
             from ..tiling.regions import write_tissue_geojson
 

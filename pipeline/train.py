@@ -14,7 +14,7 @@ from ..mil import cross_validate, fit_temperature, save_checkpoint
 from ..mil.splits import group_keys
 from ..store import SlideStore
 from .bags import labelled_bags
-from .inputs import SlideInput
+from .inputs import SlideInput, adopt_existing_stores
 from .records import SlideOutcome
 from .reporting import QuietReporter, Reporter
 
@@ -53,6 +53,7 @@ def train_from_stores(
     reporter = reporter or QuietReporter()
     t0 = time.perf_counter()
     stores_dir = Path(stores_dir)
+    adopt_existing_stores(inputs, stores_dir)  # stores made under the ids of an earlier version
     train = [it for it in inputs if it.label is not None and (it.split or "train").lower() != "test"]
     if not train:
         raise ConfigError("no labelled training slides: the manifest needs a 'label' column (0/1)")

@@ -167,3 +167,76 @@ def check_qpproj():
 def parse_groovy_imports():
     """``parse(script) -> {entry_id: (image_name, files)}``: the ``IMPORTS`` map of a generated import script."""
     return _parse_imports
+
+
+
+
+def _tiff_bytes(ifds: list[dict], *, bigtiff: bool, data: bytes) -> bytes:
+    """A TIFF whose directories hold exactly ``ifds`` (tag -> (struct code, values)), ``data`` at byte 16."""
+    import struct
+
+    types = {"B": 1, "H": 3, "I": 4, "Q": 16, "R": 5}  # R: RATIONAL, given as [numerator, denominator, ...]
+    o, inline = "<", 8 if bigtiff else 4
+    buf = bytearray(16) + data
+    buf += b"\0" * (-len(buf) % 8)
+    starts = []
+    for ifd in ifds:
+        starts.append(len(buf))
+        entries = sorted(ifd.items())
+        size = (8 + len(entries) * 20 + 8) if bigtiff else (2 + len(entries) * 12 + 4)
+        extra, body = bytearray(), bytearray(struct.pack(o + ("Q" if bigtiff else "H"), len(entries)))
+        for tag, (code, values) in entries:
+            values = list(values) if isinstance(values, (list, tuple)) else [values]
+            raw = struct.pack(o + code.replace("R", "I") * len(values), *values)
+            count = len(values) // 2 if code == "R" else len(values)
+            if len(raw) <= inline:
+                value = raw.ljust(inline, b"\0")
+            else:
+                value = struct.pack(o + ("Q" if bigtiff else "I"), len(buf) + size + len(extra))
+                extra += raw + b"\0" * (len(raw) % 2)
+            head = struct.pack(o + ("HHQ" if bigtiff else "HHI"), tag, types[code], count)
+            body += head + value
+        body += b"\0" * (8 if bigtiff else 4)
+        buf += body + extra
+        buf += b"\0" * (-len(buf) % 8)
+    for k, start in enumerate(starts):
+        nxt = starts[k + 1] if k + 1 < len(starts) else 0
+        (n,) = struct.unpack_from(o + ("Q" if bigtiff else "H"), buf, start)
+        struct.pack_into(o + ("Q" if bigtiff else "I"), buf, start + (8 + n * 20 if bigtiff else 2 + n * 12), nxt)
+    if bigtiff:
+        struct.pack_into(o + "2sHHHQ", buf, 0, b"II", 43, 8, 0, starts[0])
+    else:
+        struct.pack_into(o + "2sHI", buf, 0, b"II", 42, starts[0])
+    return bytes(buf)
+
+
+def _image_ifd(width: int, height: int, *, tile: tuple[int, int] | None = None, rows_per_strip: int | None = None,
+               compression: int = 1, data_len: int = 8, big: bool = False, extra: dict | None = None) -> dict:
+    """Directory of an RGB image whose every tile or strip points at the ``data_len`` bytes at byte 16."""
+    offsets = "Q" if big else "I"
+    ifd = {256: ("I", width), 257: ("I", height), 258: ("H", [8, 8, 8]), 259: ("H", compression),
+           262: ("H", 2), 277: ("H", 3), 284: ("H", 1)}
+    if tile is not None:
+        n = -(-width // tile[0]) * -(-height // tile[1])
+        ifd.update({322: ("I", tile[0]), 323: ("I", tile[1]), 324: (offsets, [16] * n), 325: (offsets, [data_len] * n)})
+    else:
+        rows = rows_per_strip or height
+        n = -(-height // rows)
+        ifd.update({278: ("I", rows), 273: (offsets, [16] * n), 279: (offsets, [data_len] * n)})
+    ifd.update(extra or {})
+    return ifd
+
+
+@pytest.fixture(scope="session")
+def hostile_tiff():
+    """``hostile_tiff(path, images, bigtiff=False, data=...)``: write a tiny TIFF whose directories claim what
+    ``images`` says, each a dict of ``width``, ``height`` and optionally ``tile`` (w, h), ``rows_per_strip``,
+    ``compression``, ``extra`` (more tags); every tile or strip points at ``data`` (default 8 white bytes; pass a
+    zlib stream with ``compression=8`` for a Deflate bomb). Returns ``path``."""
+
+    def write(path: Path, images: list[dict], *, bigtiff: bool = False, data: bytes = b"\xff" * 8) -> Path:
+        ifds = [_image_ifd(**{"data_len": len(data), "big": bigtiff, **image}) for image in images]
+        Path(path).write_bytes(_tiff_bytes(ifds, bigtiff=bigtiff, data=data))
+        return Path(path)
+
+    return write

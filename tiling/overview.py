@@ -7,6 +7,7 @@ main process is still importing those (:func:`start_tissue_mask`).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,15 @@ def overview(slide: Slide, max_size: int) -> np.ndarray:
     -------
     (h, w, 3) uint8 array, aspect ratio kept; ``max(h, w) == min(max_size, max(level-0 w, h))`` on the exact
     path. Callers take the downsample from its shape.
+
+    Raises
+    ------
+    SlideTooLargeError
+        When that level has more pixels than the slide's pixel budget (:attr:`Slide.max_pixels`): a slide without a
+        pyramid would be decoded whole.
     """
     level, (out_w, out_h) = slide.overview_level(max_size)
+    slide.check_level_budget(level, f"read for the {out_w} x {out_h} tissue overview")
     lw, lh = slide.level_dimensions[level]
     if (lw, lh) != (out_w, out_h):
         small = dct_reduced_level(slide, level, max_size)
@@ -82,20 +90,28 @@ class EarlyTissue:
     :func:`start_tissue_mask`; :func:`slidestream.tiling.tiler.tile_slide` takes it as ``tissue=``.
     """
 
-    def __init__(self, slide_path, params: TilingParams, mpp: float | None, config: TissueConfig | None):
+    def __init__(self, slide_path, params: TilingParams, mpp: float | None, config: TissueConfig | None,
+                 max_pixels: int | None = None):
         import multiprocessing
 
-        self.key = (str(Path(slide_path).resolve()), params.thumbnail_size, mpp, config or TissueConfig())
+        self.key = (str(Path(slide_path).resolve()), params.thumbnail_size, mpp, config or TissueConfig(), max_pixels)
         ctx = multiprocessing.get_context("fork")
         self._recv, send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_segment_in_helper, args=(send, self.key[0], params, mpp, config),
-                                 daemon=True)
+        self._proc = ctx.Process(target=_segment_in_helper, name=HELPER_NAME, daemon=True,
+                                 args=(send, self._recv, os.getpid(), self.key[0], params, mpp, config, max_pixels))
         self._proc.start()
         send.close()
 
-    def matches(self, slide_path, params: TilingParams, mpp: float | None, config: TissueConfig | None) -> bool:
+    @property
+    def pid(self) -> int | None:
+        """Process id of the helper."""
+        return self._proc.pid
+
+    def matches(self, slide_path, params: TilingParams, mpp: float | None, config: TissueConfig | None,
+                max_pixels: int | None = None) -> bool:
         """Whether this is the mask that ``tissue_mask`` would compute for these arguments."""
-        return self.key == (str(Path(slide_path).resolve()), params.thumbnail_size, mpp, config or TissueConfig())
+        return self.key == (str(Path(slide_path).resolve()), params.thumbnail_size, mpp, config or TissueConfig(),
+                            max_pixels)
 
     def result(self) -> tuple[np.ndarray, tuple[float, float]] | None:
         """``(mask, downsample)`` as :func:`tissue_mask` returns them, or None when the helper failed: the caller
@@ -117,21 +133,53 @@ class EarlyTissue:
         self._recv.close()
 
 
-def _segment_in_helper(send, slide_path: str, params: TilingParams, mpp: float | None, config) -> None:
+def _segment_in_helper(send, recv, parent: int, slide_path: str, params: TilingParams, mpp: float | None, config,
+                       max_pixels: int | None) -> None:
+    # The helper must die with its parent. Forked, it holds both ends of the pipe: with the reading end closed
+    # here, a send to a dead parent fails (EPIPE) instead of blocking forever on a full pipe; the kernel kills
+    # it when the parent dies (Linux); and a parent already gone before that was armed is noticed at once.
+    recv.close()
+    _die_with_parent(parent)
     try:
-        with open_slide(slide_path, mpp=mpp) as slide:
-            send.send(tissue_mask(slide, params, config))
+        with open_slide(slide_path, mpp=mpp, max_pixels=max_pixels) as slide:
+            result = tissue_mask(slide, params, config)
+        if os.getppid() == parent:
+            send.send(result)
     except Exception:  # noqa: BLE001 - the parent segments again and reports the error itself
         pass
     finally:
         send.close()
 
 
+#: Name of the helper process (``ps -o comm``, ``psutil.Process.name()`` on Linux).
+HELPER_NAME = "ss-tissue"
+
+_PR_SET_NAME, _PR_SET_PDEATHSIG = 15, 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``) and name it
+    :data:`HELPER_NAME`; exit now if the parent is already gone. Elsewhere only the check is made."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            libc.prctl(_PR_SET_NAME, HELPER_NAME.encode(), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl in this libc: the pipe and the check below still hold
+            pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
 def start_tissue_mask(slide_path, params: TilingParams, *, mpp: float | None = None,
-                      config: TissueConfig | None = None, workers: int | None = None) -> EarlyTissue | None:
+                      config: TissueConfig | None = None, workers: int | None = None,
+                      max_pixels: int | None = None) -> EarlyTissue | None:
     """Start segmenting a slide in a forked helper (:class:`EarlyTissue`), or None where that would not gain
     time: fewer than two usable cores or workers, or no ``fork`` (only Linux forks here)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cores < 2 or local_workers(workers) < 2 or not local_processes_available():
         return None
-    return EarlyTissue(slide_path, params, mpp, config)
+    return EarlyTissue(slide_path, params, mpp, config, max_pixels)

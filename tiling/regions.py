@@ -1,17 +1,21 @@
 """Regions in and out of the tiler: a user's region of interest from an annotation file, the tissue outline to QuPath.
 
 ``slidestream tile --roi FILE`` restricts tiling to :func:`roi_from_file`; ``--export-tissue`` writes
-:func:`write_tissue_geojson` next to each store. Coordinates are level-0 pixels of the slide as OpenSlide numbers
-them; QuPath's origin is the slide's bounds origin (non-zero only for some formats, e.g. MIRAX), which the
+:func:`write_tissue_geojson` next to each store. A store tiled with a region records :func:`roi_summary` in its
+``tiling`` attribute (a hash, the bounds and the size: ``zarr.json`` stays small whatever the region) and the
+geometry itself as WKB bytes in its ``roi`` array (:func:`store_roi` reads it back). Coordinates are level-0
+pixels of the slide as OpenSlide numbers them; QuPath's origin is the slide's bounds origin (non-zero only for some formats, e.g. MIRAX), which the
 ``offset`` arguments account for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon
 
@@ -26,7 +30,7 @@ TISSUE_COLOR = (80, 180, 80)
 
 
 def roi_from_file(path: str | os.PathLike, *, classes: Sequence[str] | None = None,
-                  offset: Sequence[float] = (0, 0)) -> MultiPolygon:
+                  offset: Sequence[float] = (0, 0), **limits: int) -> MultiPolygon:
     """Region of interest: the union of the area annotations of an ASAP XML, QuPath GeoJSON or NCRF JSON file.
 
     Parameters
@@ -38,6 +42,8 @@ def roi_from_file(path: str | os.PathLike, *, classes: Sequence[str] | None = No
     offset : (x, y)
         Added to every coordinate: ``(bounds-x, bounds-y)`` of the slide for QuPath files of slides with
         OpenSlide bounds (MIRAX); ASAP and NCRF files are already in OpenSlide coordinates.
+    **limits : int
+        ``max_bytes``, ``max_vertices``, ``max_crossings`` of :func:`~slidestream.annotations.read_annotations`.
 
     Returns
     -------
@@ -51,7 +57,7 @@ def roi_from_file(path: str | os.PathLike, *, classes: Sequence[str] | None = No
     slidestream.annotations.AnnotationError
         When the file cannot be read.
     """
-    anns = read_annotations(path, offset=offset)
+    anns = read_annotations(path, offset=offset, **limits)
     if classes is not None:
         wanted = set(classes)
         anns = [a for a in anns if a.class_name in wanted]
@@ -61,6 +67,49 @@ def roi_from_file(path: str | os.PathLike, *, classes: Sequence[str] | None = No
         raise ConfigError(f"{path}: no area annotation{which} to use as region of interest "
                           "(points and lines are ignored); draw the region as a polygon or rectangle")
     return MultiPolygon(polygonal_parts(shapely.union_all(parts)))
+
+
+#: Chunk of the store's ``roi`` array (bytes).
+_ROI_CHUNK = 1 << 20
+
+
+def roi_summary(roi) -> dict:
+    """What a store's ``tiling`` attribute records of a region of interest: small whatever the region's size.
+
+    Parameters
+    ----------
+    roi : shapely geometry
+        In level-0 pixels.
+
+    Returns
+    -------
+    dict
+        ``sha256`` of the normalised geometry's WKT at 6 decimals (the same region gives the same hash however
+        its parts and rings are ordered), ``bounds`` ``[x0, y0, x1, y1]``, ``area`` (px²), ``polygons`` and
+        ``vertices`` (counts).
+    """
+    normal = shapely.normalize(roi)
+    digest = hashlib.sha256(shapely.to_wkt(normal, rounding_precision=6, trim=True).encode()).hexdigest()
+    return {"sha256": digest, "bounds": [round(float(v), 3) for v in roi.bounds] if not roi.is_empty else None,
+            "area": round(float(roi.area), 3), "polygons": len(polygonal_parts(roi)),
+            "vertices": int(shapely.get_num_coordinates(roi))}
+
+
+def write_roi_array(group, roi) -> None:
+    """Store a region of interest as the uint8 array ``roi`` of a store's Zarr group (WKB bytes, 1 MiB chunks)."""
+    data = np.frombuffer(shapely.to_wkb(roi), dtype=np.uint8)
+    group.create_array("roi", data=data, chunks=(min(_ROI_CHUNK, max(1, len(data))),),
+                       attributes={"encoding": "wkb", "sha256": roi_summary(roi)["sha256"]})
+
+
+def store_roi(store: SlideStore | str | os.PathLike):
+    """The region of interest a store was tiled with, as a shapely geometry in level-0 pixels; None without one."""
+    if not isinstance(store, SlideStore):
+        store = SlideStore.open(store)
+    if "roi" in store.group:
+        return shapely.from_wkb(store.group["roi"][...].tobytes())
+    recorded = store.tiling.get("roi")
+    return shapely.from_wkt(recorded) if isinstance(recorded, str) else None  # stores from before the array
 
 
 def write_tissue_geojson(store: SlideStore | str | os.PathLike, path: str | os.PathLike, *,

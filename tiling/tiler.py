@@ -62,10 +62,12 @@ class TileResult:
     extra: dict = field(default_factory=dict)
 
 
-def _slide_attrs(slide: Slide, slide_path: Path) -> dict:
+def _slide_attrs(slide: Slide, slide_path: Path, max_pixels: int | None = None) -> dict:
     ident = identity_of(slide_path, slide.fingerprint())
+    # a raised pixel budget is kept with the slide, like an mpp override: later stages reopen the slide with it
+    budget = {} if max_pixels is None else {"max_pixels": int(max_pixels)}
     return {
-        **identity_dict(ident),
+        **identity_dict(ident), **budget,
         "vendor": slide.vendor,
         "mpp": slide.mpp,
         "mpp_source": slide.mpp_source,
@@ -90,6 +92,10 @@ def _check_resumable(store: SlideStore, slide_attrs: dict, tiling: dict, save_pa
             f"{old_slide.get('path')}); pass --overwrite to rebuild it"
         )
     recorded = {**_implicit_tiling(), **store.tiling}
+    if isinstance(recorded.get("roi"), str):  # stores from before ROI summaries kept the whole WKT
+        from .regions import roi_summary
+
+        recorded["roi"] = roi_summary(shapely.from_wkt(recorded["roi"]))
     if recorded != tiling:
         changed = sorted(k for k in set(tiling) | set(recorded) if tiling.get(k) != recorded.get(k))
         if "tissue" in changed:
@@ -147,8 +153,9 @@ def _file_key(path: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _slide_for_task(path: str, mpp: float | None) -> Slide:
-    return _handles.get(("slide", path, mpp, *_file_key(path)), lambda: open_slide(path, mpp=mpp))
+def _slide_for_task(path: str, mpp: float | None, max_pixels: int | None = None) -> Slide:
+    return _handles.get(("slide", path, mpp, max_pixels, *_file_key(path)),
+                        lambda: open_slide(path, mpp=mpp, max_pixels=max_pixels))
 
 
 def _reader_for_task(path: str, level_dimensions: tuple) -> DirectTiffReader:
@@ -188,6 +195,8 @@ class ChunkJob:
         Set when patches are assembled from reduced stored tiles (see :mod:`slidestream.tiling.jpeg_fastpath`).
     level_dimensions : tuple of (int, int)
         The slide's levels, to find the stored tiles of ``plan.level`` (both fast paths).
+    max_pixels : int or None
+        Pixel budget the slide is opened with (None: the default).
     """
 
     slide_path: str
@@ -199,6 +208,7 @@ class ChunkJob:
     jpeg: JpegTiles | None = None
     reduced: ReducedRead | None = None
     level_dimensions: tuple = ()
+    max_pixels: int | None = None
 
 
 def tile_chunk(job: ChunkJob, chunk_index: int, coords: np.ndarray) -> int:
@@ -258,7 +268,7 @@ def _open_for(job: ChunkJob) -> tuple[SlideStore, Any]:
         return store, _reader_for_task(job.slide_path, job.level_dimensions)
     if job.reduced is not None:
         return store, _reduced_for_task(job.slide_path, job.level_dimensions, job.reduced)
-    return store, _slide_for_task(job.slide_path, job.mpp)
+    return store, _slide_for_task(job.slide_path, job.mpp, job.max_pixels)
 
 
 def _jpeg_tiles(job: ChunkJob, reader: DirectTiffReader, coords: np.ndarray, white: np.ndarray,
@@ -304,6 +314,7 @@ def tile_slide(
     passthrough: bool = True,
     processes: bool | None = None,
     tissue: EarlyTissue | None = None,
+    max_pixels: int | None = None,
 ) -> TileResult:
     """Tile one slide into ``<out_dir>/<slide_id>.zarr``.
 
@@ -339,7 +350,9 @@ def tile_slide(
         (``tiling["tissue"]``), so a store is not resumed with other settings.
     roi : shapely geometry, optional
         Region of interest in level-0 pixels; only tiles whose centre lies inside are kept
-        (:func:`slidestream.tiling.regions.roi_from_file` reads one from an annotation file).
+        (:func:`slidestream.tiling.regions.roi_from_file` reads one from an annotation file). The store's
+        ``tiling`` attribute records a summary of it (:func:`~slidestream.tiling.regions.roi_summary`: hash,
+        bounds, size), the geometry itself goes to the array ``roi`` (WKB bytes), out of ``zarr.json``.
     stain : stain normaliser, optional
         An object with ``fit_source(tiles)``, ``transform(batch)`` and ``to_dict()`` (e.g.
         ``slidestream.stain.get_normalizer("macenko")``, already fitted to its target). Its source stain is
@@ -357,6 +370,9 @@ def tile_slide(
         The slide's tissue mask, already being computed by a helper process
         (:func:`~slidestream.tiling.overview.start_tissue_mask`); used when it was made for this slide and these
         parameters, else segmented here.
+    max_pixels : int, optional
+        Pixel budget of :func:`~slidestream.wsi.open_slide` (default 2^28): files claiming larger tiles or strips,
+        and slides without a pyramid level small enough for the tissue overview, are refused.
     """
     t0 = time.perf_counter()
     params = params or TilingParams()
@@ -368,13 +384,16 @@ def tile_slide(
     qc_config = qc_config or QCConfig()
     tissue_config = tissue_config or TissueConfig()
 
-    with open_slide(slide_path, mpp=mpp) as slide:
-        slide_attrs = _slide_attrs(slide, slide_path)
+    if roi is not None:
+        from .regions import roi_summary, write_roi_array  # annotation readers: only for a region of interest
+
+    with open_slide(slide_path, mpp=mpp, max_pixels=max_pixels) as slide:
+        slide_attrs = _slide_attrs(slide, slide_path, max_pixels)
         level_dimensions = tuple(tuple(int(v) for v in d) for d in slide.level_dimensions)
         plan = plan_reads(params, slide.mpp, tuple(slide.level_downsamples))
         tiling = {**params.to_dict(), "level": plan.level, "read_size": plan.read_size, "extent0": plan.extent0,
                   "save_patches": save_patches, "edge_policy": "whole tiles inside the slide only",
-                  "roi": roi.wkt if roi is not None else None,
+                  "roi": roi_summary(roi) if roi is not None else None,
                   "stain": None if stain is None else {k: v for k, v in stain.to_dict().items() if k != "source"},
                   "jpeg_passthrough": bool(passthrough), "qc_measure": QC_MEASURE,
                   "tissue": tissue_config.to_dict()}
@@ -386,7 +405,7 @@ def tile_slide(
             action = "resumed"
         if store is None:
             early = None
-            if tissue is not None and tissue.matches(slide_path, params, mpp, tissue_config):
+            if tissue is not None and tissue.matches(slide_path, params, mpp, tissue_config, max_pixels):
                 early = tissue.result()
             mask, ds = early if early is not None else tissue_mask(slide, params, tissue_config)
             coords = grid_coords(slide.dimensions, plan)
@@ -404,6 +423,8 @@ def tile_slide(
                 checked_array(group, "tissue_mask", data=mask.astype(np.uint8), chunks=mask.shape,
                               attributes={"downsample": list(ds)})
                 group.attrs["tissue_area_mm2"] = tissue_um2 / 1e6
+                if roi is not None:
+                    write_roi_array(group, roi)
                 if save_patches:
                     patches = group["patches"]
                     n, rows = int(keep.sum()), (patches.shards or patches.chunks)[0]
@@ -428,7 +449,7 @@ def tile_slide(
                 _check_reduction(store, "box" if reduced is None else reduced.reduction, action)
 
     if stain is not None and save_patches and store.n_tiles:
-        stain = _fit_stain(stain, store, slide_path, mpp, plan)
+        stain = _fit_stain(stain, store, slide_path, mpp, plan, max_pixels)
 
     written = 0
     if save_patches:
@@ -449,7 +470,8 @@ def tile_slide(
                     progress(done_tiles, total)
 
         job = ChunkJob(slide_path=str(slide_path), mpp=mpp, store_path=str(store_path), plan=plan, qc=qc_config,
-                       stain=stain, jpeg=jpeg, reduced=reduced, level_dimensions=level_dimensions)
+                       stain=stain, jpeg=jpeg, reduced=reduced, level_dimensions=level_dimensions,
+                       max_pixels=max_pixels)
         # The job goes in as a bound argument: dask would otherwise walk its fields for every task.
         task = functools.partial(tile_chunk, job)
         if not scheduler and (job.jpeg is not None or job.reduced is not None):
@@ -512,14 +534,15 @@ def _jpeg_of(store: SlideStore) -> JpegTiles | None:
     return JpegTiles(level=int(enc["level"]), colorspace=enc.get("colorspace"), outcolorspace=enc.get("outcolorspace"))
 
 
-def _fit_stain(stain, store: SlideStore, slide_path: Path, mpp: float | None, plan: ReadPlan):
+def _fit_stain(stain, store: SlideStore, slide_path: Path, mpp: float | None, plan: ReadPlan,
+               max_pixels: int | None = None):
     """Estimate the slide's source stain from a fixed, evenly spread sample of its tiles and record it.
 
     The sample depends only on the tile grid, so a resumed run re-estimates exactly the same parameters; a
     mismatch with the recorded ones means the slide or the method changed and is refused.
     """
     idx = stain_sample_index(store.n_tiles)
-    slide = _slide_for_task(str(slide_path), mpp)
+    slide = _slide_for_task(str(slide_path), mpp, max_pixels)
     sample = np.stack([read_tile(slide, xy, plan) for xy in store.coords[idx]])
     stain.fit_source(sample)
     record = stain.to_dict()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .properties import mpp_from_ome_xml, mpp_from_properties, mpp_from_resolution, parse_positive_float
+from .tiffdir import TIFF_MAGICS, TiffStructureError, read_tiff_layout
 
 __all__ = [
     "BackendRefused",
@@ -139,15 +139,11 @@ def read_clipped(
 
 # --------------------------------------------------------------------------------------------------- TIFF structure
 
-_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-# No real slide has this many IFDs; the limit stops a crafted loop that visits fresh offsets forever.
-_MAX_IFDS = 100_000
-
 
 def is_tiff(path: str | os.PathLike) -> bool:
     """True when the file starts with a classic or BigTIFF header."""
     with open(path, "rb") as fh:
-        return fh.read(4) in _TIFF_MAGICS
+        return fh.read(4) in TIFF_MAGICS
 
 
 def check_tiff_structure(path: str | os.PathLike) -> int:
@@ -171,45 +167,10 @@ def check_tiff_structure(path: str | os.PathLike) -> int:
     BackendRefused
         ``corrupt=True`` when a directory or its entries lie beyond the end of the file or the chain loops.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-        order = {b"II": "<", b"MM": ">"}.get(head[:2])
-        if order is None or len(head) < 8:
-            raise BackendRefused("not a TIFF file")
-        version = struct.unpack(order + "H", head[2:4])[0]
-        if version == 42:
-            offset = struct.unpack(order + "I", head[4:8])[0]
-            count_fmt, entry_size, next_fmt = "H", 12, "I"
-        elif version == 43 and len(head) >= 16:
-            offset = struct.unpack(order + "Q", head[8:16])[0]
-            count_fmt, entry_size, next_fmt = "Q", 20, "Q"
-        else:
-            raise BackendRefused(f"not a TIFF file (version {version})")
-        count_size, next_size = struct.calcsize(count_fmt), struct.calcsize(next_fmt)
-        seen: set[int] = set()
-        while offset:
-            if offset in seen or len(seen) >= _MAX_IFDS:
-                raise BackendRefused(f"TIFF directory chain loops back to byte {offset}", corrupt=True)
-            seen.add(offset)
-            if offset + count_size > size:
-                raise BackendRefused(
-                    f"truncated: TIFF directory #{len(seen)} starts at byte {offset} but the file has {size} bytes",
-                    corrupt=True,
-                )
-            fh.seek(offset)
-            (count,) = struct.unpack(order + count_fmt, fh.read(count_size))
-            end = offset + count_size + count * entry_size + next_size
-            if end > size:
-                raise BackendRefused(
-                    f"truncated: TIFF directory #{len(seen)} ends at byte {end} but the file has {size} bytes",
-                    corrupt=True,
-                )
-            fh.seek(end - next_size)
-            (offset,) = struct.unpack(order + next_fmt, fh.read(next_size))
-        if not seen:
-            raise BackendRefused("TIFF file without any image directory", corrupt=True)
-        return len(seen)
+    try:
+        return read_tiff_layout(path).ifd_count
+    except TiffStructureError as exc:
+        raise BackendRefused(exc.reason, corrupt=exc.corrupt) from exc
 
 
 # --------------------------------------------------------------------------------------------------- adapters

@@ -43,6 +43,7 @@ __all__ = [
     "DirectTiffReader",
     "DirectUnsupported",
     "TileCache",
+    "jpeg_frame_size",
     "with_direct_reader",
 ]
 
@@ -334,6 +335,13 @@ class DirectTiffReader:
         data = os.pread(fd, count, int(lv.offsets[index]))
         if len(data) != count:
             raise ValueError(f"tile {column},{row} of page {lv.page}: read {len(data)} of {count} bytes")
+        if lv.compression == "jpeg":
+            # A JPEG stream states its own size, and decoders allocate what it states: a tile claiming more than
+            # the TIFF tile would be a decompression bomb (OpenSlide refuses such tiles too).
+            frame = jpeg_frame_size(data)
+            if frame is not None and (frame[0] > lv.tile_size[0] or frame[1] > lv.tile_size[1]):
+                raise ValueError(f"tile {column},{row} of page {lv.page} is a {frame[0]}x{frame[1]} JPEG image in a "
+                                 f"{lv.tile_size[0]}x{lv.tile_size[1]} tile")
         return data
 
     def decode_tile(self, level: int, column: int, row: int) -> np.ndarray:
@@ -600,6 +608,31 @@ def with_direct_reader(
 
 
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic …): they carry the image size.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
+    """``(w, h)`` a JPEG stream declares in its start-of-frame segment, read without decoding; None when the
+    stream has no frame header before its scan (or is not JPEG)."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _SOF_MARKERS:
+            if i + 9 > n:
+                return None
+            return (data[i + 7] << 8) | data[i + 8], (data[i + 5] << 8) | data[i + 6]
+        elif marker in (0xDA, 0xD9):  # start of scan, end of image: no frame header before them
+            return None
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+        else:
+            i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return None
 
 
 def merge_jpeg_tables(tile: bytes, tables: bytes | None) -> bytes:

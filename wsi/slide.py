@@ -44,6 +44,7 @@ import numpy as np
 
 from ..errors import ConfigError, CorruptSlideError, MissingMPPError, SlideError, UnsupportedSlideError
 from ._backends import BACKENDS, BackendRefused, SlideBackend
+from .budget import check_max_pixels, level_budget_error, needs_probe, probe_in_child, probe_memory
 from .direct import DirectUnsupported, with_direct_reader
 from .identity import file_fingerprint, slide_id_from_path
 from .properties import (DEFAULT_MPP_TOLERANCE, _check_mpp_value, check_target_mpp, objective_from_mpp,
@@ -99,10 +100,11 @@ class Slide:
     the (possibly non-integer) factor between level 0 and level ``i``. Reading is thread-safe.
     """
 
-    def __init__(self, path: Path, backend: SlideBackend, *, mpp: float | None = None):
+    def __init__(self, path: Path, backend: SlideBackend, *, mpp: float | None = None, max_pixels: int | None = None):
         self._path = path
         self._backend = backend
         self._closed = False
+        self._max_pixels = check_max_pixels(max_pixels)
         self._properties = MappingProxyType(dict(backend.properties))
         self._level_dimensions = tuple(backend.level_dimensions)
         self._level_downsamples = tuple(backend.level_downsamples)
@@ -140,7 +142,8 @@ class Slide:
         # Pickling reopens the file by path in the receiving process (dask workers), with the same reader and
         # override; file handles themselves cannot travel.
         override = self._mpp_xy[0] if self._mpp_source == "override" and self._mpp_xy else None
-        return open_slide, (self._path, self._backend.name, override, "auto" if self.direct_levels else False)
+        return open_slide, (self._path, self._backend.name, override, "auto" if self.direct_levels else False,
+                            self._max_pixels)
 
     def __repr__(self) -> str:
         w, h = self.dimensions
@@ -162,6 +165,19 @@ class Slide:
     def backend(self) -> str:
         """The reader actually used: ``"openslide"``, ``"tiffslide"`` or ``"pil"``."""
         return self._backend.name
+
+    @property
+    def max_pixels(self) -> int:
+        """The pixel budget this slide was opened with (:mod:`slidestream.wsi.budget`): the most pixels one
+        :meth:`read_region` returns, and the largest level :meth:`thumbnail` reads."""
+        return self._max_pixels
+
+    def check_level_budget(self, level: int, what: str = "read whole") -> None:
+        """Raise :class:`SlideTooLargeError` when `level` has more pixels than :attr:`max_pixels` (it would be
+        `what`, e.g. read whole for an overview, which a slide without a pyramid cannot afford)."""
+        w, h = self._level_dimensions[self._check_level(level)]
+        if w * h > self._max_pixels:
+            raise level_budget_error(self._path, level, self._level_dimensions, self._max_pixels, what)
 
     @property
     def direct_levels(self) -> tuple[int, ...]:
@@ -361,6 +377,9 @@ class Slide:
         if w == 0 or h == 0:
             self._check_open()
             return np.zeros((h, w, 3), dtype=np.uint8)
+        if w * h > self._max_pixels:
+            raise ConfigError(f"{self._path}: a region of {w} x {h} pixels is over the pixel budget of "
+                              f"{self._max_pixels:,} (max_pixels): read it in pieces")
         what = f"region location=({x}, {y}) level={level} size=({w}, {h})"
         region = self._call_backend(lambda: self._backend.read_region((x, y), level, (w, h)), what)
         if region.shape != (h, w, 3) or region.dtype != np.uint8:
@@ -401,7 +420,8 @@ class Slide:
         Returns
         -------
         ndarray, shape (h, w, 3), uint8
-            ``max(h, w) == min(max_size, max(level-0 w, h))``.
+            ``max(h, w) == min(max_size, max(level-0 w, h))``. Raises :class:`SlideTooLargeError` when that level
+            has more than :attr:`max_pixels` pixels (no pyramid level small enough).
         """
         try:
             max_side = operator.index(max_size)
@@ -410,6 +430,7 @@ class Slide:
         if max_side < 1:
             raise ConfigError(f"max_size must be a positive integer, got {max_size!r}")
         level, (out_w, out_h) = self.overview_level(max_side)
+        self.check_level_budget(level, f"read for a {out_w} x {out_h} thumbnail")
         level_w, level_h = self._level_dimensions[level]
         downsample = self._level_downsamples[level]
         if (level_w, level_h) == (out_w, out_h):
@@ -565,7 +586,8 @@ def _refusal_error(path: Path, refusals: list[BackendRefused], backend: str) -> 
 
 
 def open_slide(
-    path: str | os.PathLike, backend: str = "auto", mpp: float | None = None, direct: bool | str = "auto"
+    path: str | os.PathLike, backend: str = "auto", mpp: float | None = None, direct: bool | str = "auto",
+    max_pixels: int | None = None,
 ) -> Slide:
     """Open a whole-slide image (or a plain image) for reading.
 
@@ -586,6 +608,12 @@ def open_slide(
         regions are the same within decoder rounding. ``"auto"`` does so where the file allows it,
         ``True`` refuses files of which a level cannot be read directly, ``False`` never does.
         :attr:`Slide.direct_levels` tells which levels are.
+    max_pixels : int, optional
+        Pixel budget (default :data:`~slidestream.wsi.budget.DEFAULT_MAX_PIXELS`, 2^28): files that claim a tile,
+        strip or plain image of more pixels (or an image of more than ``max(2^38, max_pixels)``) are refused
+        before anything is decoded, and thumbnails refuse levels larger than it (:mod:`slidestream.wsi.budget`).
+        Formats whose headers are not read here (DICOM, MIRAX …), and files that pass only a raised budget, are
+        first probed in a separate process.
 
     Returns
     -------
@@ -600,9 +628,11 @@ def open_slide(
         A directory, or a format/pixel layout no reader supports (e.g. a 2-channel OME-TIFF: "2 channels …,
         not RGB").
     CorruptSlideError
-        An empty, truncated or undecodable file.
+        An empty, truncated or undecodable file, or one that crashed OpenSlide in the probing process.
+    SlideTooLargeError
+        The file claims more pixels than `max_pixels` allows.
     ConfigError
-        An unknown `backend` or `direct`, or a non-positive `mpp`.
+        An unknown `backend` or `direct`, a non-positive `mpp` or `max_pixels`.
 
     Examples
     --------
@@ -616,8 +646,11 @@ def open_slide(
     if direct != "auto" and not isinstance(direct, bool):
         raise ConfigError(f"direct must be 'auto', True or False, got {direct!r}")
     override = None if mpp is None else _check_mpp_value(mpp, "mpp")
+    budget = check_max_pixels(max_pixels)
     resolved = _check_path(path)
     names = list(BACKENDS) if backend == "auto" else [backend]
+    if "openslide" in names and needs_probe(resolved, budget):
+        probe_in_child(resolved, memory=probe_memory(budget))
     refusals: list[BackendRefused] = []
     for name in names:
         try:
@@ -651,7 +684,7 @@ def open_slide(
             adapter.close()
             raise
         try:
-            return Slide(resolved, adapter, mpp=override)
+            return Slide(resolved, adapter, mpp=override, max_pixels=budget)
         except MemoryError:
             adapter.close()
             raise

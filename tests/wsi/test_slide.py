@@ -20,7 +20,6 @@ from slidestream.wsi import (
     mpp_from_resolution,
     objective_from_mpp,
     open_slide,
-    slide_id_from_path,
 )
 from slidestream.wsi._backends import composite_on_white
 
@@ -424,37 +423,3 @@ def test_fingerprint_of_small_file(tmp_path: Path) -> None:
     a.write_bytes(b"slide" * 10)
     b.write_bytes(b"slide" * 9 + b"slidf")
     assert file_fingerprint(a) != file_fingerprint(b)
-
-
-@pytest.mark.parametrize(
-    "path, expected",
-    [
-        ("CMU-1.svs", "CMU-1"),
-        ("/data/slides/TCGA-AA.01.svs", "TCGA-AA.01"),
-        ("../x", "x"),
-        ("../../etc/passwd.svs", "passwd"),
-        ("a b.svs", "a_b"),
-        (".hidden.svs", "_hidden"),
-        ("..svs", "_"),
-        ("..", "_."),
-        ("", "slide"),
-        ("/", "slide"),
-        ("été 2024.ndpi", "_t__2024"),
-        ("x.ome.tif", "x.ome"),
-        ("dir/slide name (1).mrxs", "slide_name__1_"),
-        (Path("folder") / "s1.tiff", "s1"),
-    ],
-)
-def test_slide_id_from_path(path: str, expected: str) -> None:
-    assert slide_id_from_path(path) == expected
-
-
-def test_slide_id_is_always_safe() -> None:
-    long_a, long_b = "a" * 300 + "1.svs", "a" * 300 + "2.svs"
-    id_a, id_b = slide_id_from_path(long_a), slide_id_from_path(long_b)
-    assert len(id_a) <= 210 and id_a != id_b  # cut, but the hash keeps them apart
-    for name in ["...", ". .", "\x00", "a/../..", "~user", "x\\..\\y.svs", "\u202e.svs"]:
-        slide_id = slide_id_from_path(name)
-        assert slide_id and not slide_id.startswith(".")
-        assert set(slide_id) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
-        assert slide_id not in (".", "..")

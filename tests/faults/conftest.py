@@ -1,0 +1,64 @@
+"""What the planted-fault tests share: the real command line run in a child process with its peak memory and time
+measured (and its address space capped, so that a regression fails the test instead of exhausting the machine),
+and small real slides to put next to the faults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from slidestream.synth import SynthConfig, write_synthetic_slide
+
+# Address space allowed to a command under test: a bomb that got through would fail here at once.
+MEMORY_CAP = 6 << 30
+
+_WRAPPER = """
+import json, resource, subprocess, sys, time
+cap = int(sys.argv[1])
+def limit():
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+t0 = time.perf_counter()
+p = subprocess.run(sys.argv[2:], capture_output=True, text=True, preexec_fn=limit)
+print(json.dumps({"rc": p.returncode, "out": p.stdout + p.stderr, "seconds": time.perf_counter() - t0,
+                  "peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))
+"""
+
+
+@dataclass
+class Run:
+    """A finished command: exit status, stdout and stderr together, wall time (s), peak resident memory (bytes)."""
+
+    rc: int
+    out: str
+    seconds: float
+    peak: int
+
+
+@pytest.fixture(scope="session")
+def slidestream_cli():
+    """``slidestream_cli(*args, cwd=None, timeout=300)``: run ``slidestream ARGS`` in a fresh process."""
+
+    def run(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> Run:
+        cmd = [sys.executable, "-c", _WRAPPER, str(MEMORY_CAP), sys.executable, "-m", "slidestream.cli.main",
+               *map(str, args)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                              env={**__import__("os").environ, "COLUMNS": "250"})
+        assert done.returncode == 0, done.stderr
+        return Run(**json.loads(done.stdout))
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def good_slides(tmp_path_factory) -> list[Path]:
+    """Two small synthetic SVS slides (2048 x 1536 px at 0.5 µm/px) that tile in a second."""
+    folder = tmp_path_factory.mktemp("good")
+    paths = [folder / "good_a.svs", folder / "good_b.svs"]
+    for seed, path in enumerate(paths):
+        write_synthetic_slide(path, SynthConfig(width=2048, height=1536, mpp=0.5, seed=seed))
+    return paths
