@@ -39,7 +39,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +50,8 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, Zstd
 from zarr.storage import LocalStore
 
 from .. import __version__
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
+from ..fileio import atomic_write
 from .codecs import JpegTileCodec
 from .integrity import CheckedArray, CheckedLocalStore, crc32c_bytes, locate_damage, rows_of
 
@@ -481,21 +481,13 @@ class SlideStore:
     def _write_file(self, arr: zarr.Array, chunk_coords: tuple[int, ...], data: Sequence[bytes]) -> None:
         """Write a chunk file from ``data``, its parts in order (not joined first: no copy of the chunk)."""
         target = self.path / arr.path / arr.metadata.encode_chunk_key(chunk_coords)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
-        if target.parent not in self._dirs:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(target.parent)
+        # the folder is made once per handle; it can still go away with an array rewritten through another handle
+        known = target.parent in self._dirs
         try:
-            try:
-                f = open(tmp, "wb")
-            except FileNotFoundError:  # the folder went away with an array rewritten through another handle
-                target.parent.mkdir(parents=True, exist_ok=True)
-                f = open(tmp, "wb")
-            with f:
-                f.writelines(data)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+            atomic_write(target, data, mkdir=not known)
+        except ConfigError:
+            atomic_write(target, data, mkdir=True)
+        self._dirs.add(target.parent)
 
     # ------------------------------------------------------------------ features and scores
     def create_feature_array(self, name: str, dim: int, *, dtype: str = "float16", attrs: dict | None = None,
