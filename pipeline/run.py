@@ -9,6 +9,7 @@ from pathlib import Path
 from ..fileio import remove_stale_temps
 from ..mil import load_checkpoint
 from ..tiling.grid import TilingParams
+from ..tiling.settings import TissueConfig
 from .embed import embed_batch
 from .inputs import SlideInput, store_paths
 from .outputs import write_slide_outputs
@@ -65,10 +66,13 @@ def run_inference(
     remove_stale_temps(out_dir)  # left by an interrupted run
     _, _, meta = load_checkpoint(checkpoint)
     tiling = meta.get("tiling", {})
-    params = TilingParams(**{k: v for k, v in tiling.items() if k in ("mpp", "tile_size", "overlap", "min_tissue")})
+    params = TilingParams(**{k: v for k, v in tiling.items()
+                             if k in ("mpp", "tile_size", "overlap", "min_tissue", "keep_rule")})
+    # tissue settings as training used them (checkpoints from before they were recorded: the defaults)
+    tissue = TissueConfig(**tiling["tissue"]) if isinstance(tiling.get("tissue"), dict) else None
     stores_dir = out_dir / "stores"
     outcomes = {"tile": tile_batch(inputs, stores_dir, params, save_patches=save_patches, scheduler=scheduler,
-                                   reporter=reporter, max_pixels=max_pixels)}
+                                   reporter=reporter, max_pixels=max_pixels, tissue=tissue)}
     ok = [it for it, o in zip(inputs, outcomes["tile"]) if o.status != "failed"]
     paths = store_paths(stores_dir, [it.slide_id for it in ok])
     outcomes["embed"] = embed_batch(paths, meta["encoder"], weights=weights, device=device, scheduler=scheduler,

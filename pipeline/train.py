@@ -80,7 +80,9 @@ def train_from_stores(
     store0 = SlideStore.open(bags[0].store)
     meta = {
         "encoder": encoder_name,
-        "tiling": {k_: store0.tiling[k_] for k_ in ("mpp", "tile_size", "overlap", "min_tissue")},
+        # what `slidestream run` needs to tile new slides the same way (keep rule and tissue settings included)
+        "tiling": {k_: store0.tiling[k_] for k_ in ("mpp", "tile_size", "overlap", "min_tissue", "keep_rule", "tissue")
+                   if k_ in store0.tiling},
         "feature_attrs": dict(store0.group[f"features/{encoder_name}"].attrs),
         "cv_metrics": cv.metrics,
         "train_slides": [b.slide_id for b in bags],
