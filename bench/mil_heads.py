@@ -18,7 +18,6 @@ from shapely.geometry import box
 
 from slidestream.pipeline.inputs import collect_inputs
 from slidestream.mil import TrainConfig, cross_validate, list_heads, predict
-from slidestream.mil.standardize import fit_feature_norm
 from slidestream.pipeline import embed_batch, load_bag, store_paths, tile_batch
 from slidestream.tiling.grid import TilingParams
 from slidestream.annotations import read_annotations, tumor_geometry
@@ -46,7 +45,8 @@ def inside_fraction(bags, ann, cv, x) -> float:
     hits, total = 0, 0
     for fold in range(cv.splits.k):
         _, held = cv.splits.indices(fold)
-        _, scores = predict(cv.models[fold], [x[i] for i in held])
+        norm = cv.feature_norms[fold] if cv.feature_norms else None
+        _, scores = predict(cv.models[fold], [norm.apply(x[i]) if norm else x[i] for i in held])
         for i, s in zip(held, scores):
             b = bags[i]
             if not b.label or ann.get(b.slide_id) is None:
@@ -74,8 +74,9 @@ def main() -> None:
     bags, ann = build(args.out, args.slides, args.seed)
     t_data = time.perf_counter() - t0
     y = np.array([b.label for b in bags])
-    norm = fit_feature_norm([b.features for b in bags])
-    x = [norm.apply(b.features) for b in bags]
+    # standardised inside each fold (cross_validate(standardize=True)): statistics of a held-out fold never reach
+    # the model that predicts it
+    x = [b.features for b in bags]
     print(f"data: {len(bags)} slides ({y.sum()} tumour), {sum(len(b.features) for b in bags)} tiles, "
           f"{t_data:.0f} s (synthesise + tile + embed)")
     print(f"{'head':<10} {'OOF AUC':>8} {'95% CI':>15} {'train s':>8} {'attn inside>outside':>20}")
@@ -84,7 +85,7 @@ def main() -> None:
     for head in list_heads():
         cfg = TrainConfig(head=head, epochs=args.epochs, seed=args.seed, device="cpu", patience=None)
         t = time.perf_counter()
-        cv = cross_validate(x, y, cfg, k=args.folds, n_bootstrap=1000)
+        cv = cross_validate(x, y, cfg, k=args.folds, standardize=True, n_bootstrap=1000)
         dt = time.perf_counter() - t
         t_train += dt
         m = cv.metrics
@@ -93,7 +94,7 @@ def main() -> None:
         print(f"{head:<10} {m['auc']:>8.3f} {m['auc_ci_low']:>7.3f}–{m['auc_ci_high']:<7.3f} {dt:>8.1f} "
               f"{frac:>20.2f}")
     again = cross_validate(x, y, TrainConfig(head="abmil", epochs=args.epochs, seed=args.seed, device="cpu",
-                                             patience=None), k=args.folds)
+                                             patience=None), k=args.folds, standardize=True)
     same_splits = np.array_equal(again.splits.fold, results["abmil"].splits.fold)
     max_diff = float(np.max(np.abs(again.oof_probs - results["abmil"].oof_probs)))
     print(f"determinism (abmil, same seed twice): same splits {same_splits}, max |Δp| {max_diff:.2e}")
