@@ -62,7 +62,7 @@ def evaluate_predictions(rows: list[dict], inputs: list[SlideInput], classes: Cl
     seed, n_bootstrap : int
         Bootstrap of the AUC intervals.
     stratify : str, optional
-        Also compute the metrics per value of this manifest column.
+        Also compute the metrics per value of this manifest column (a metadata column, or ``split``).
     reliability : bool, default True
         Also draw ``reliability.png``.
     title : str, optional
@@ -82,9 +82,14 @@ def evaluate_predictions(rows: list[dict], inputs: list[SlideInput], classes: Cl
     probs = class_probabilities(labelled, classes)
     keys = None
     if stratify:
-        if any(stratify not in r for r in labelled):
+        def value(r: dict) -> str:
+            if stratify in r:
+                return str(r[stratify])
+            if stratify == "split":
+                return by_id[r["slide_id"]].split or ""
             raise ConfigError(f"--by {stratify}: not a column of the manifest")
-        keys = [str(r[stratify]) for r in labelled]
+
+        keys = [value(r) for r in labelled]
     out_dir = Path(out_dir)
     plots: dict[str, Path] = {}
     if classes.binary:

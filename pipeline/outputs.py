@@ -109,6 +109,8 @@ def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.Pat
         ds = (w0 / thumb.shape[1], h0 / thumb.shape[0])
         if caption is None and probability is not None:
             caption = f"P(tumour) = {probability:.3f}"
+        elif caption is None and attrs.get("prediction"):  # multi-class scores drawn without their checkpoint
+            caption = f"predicted {attrs['prediction']}"
         title = store.slide_id + (f" — {caption}" if caption else "")
         outlines = [np.asarray(r.coords) for p in tissue.geoms for r in [p.exterior, *p.interiors]]
         unit = (0.0, 1.0) if (column.endswith("normalized") or column.endswith("probability")

@@ -97,6 +97,9 @@ def train_from_stores(
         cv = cross_validate([b.features for b in bags], labels, config, k=k, groups=groups, standardize=True,
                             progress=lambda done, total, info: t.update(done, total))
     temperature = float(fit_temperature(cv.oof_logits, labels))
+    if "per_class" in cv.metrics:  # name the classes of the multi-class CV metrics
+        cv.metrics["classes"] = list(class_set.names)
+        cv.metrics["per_class"] = dict(zip(class_set.names, cv.metrics["per_class"].values()))
     store0 = SlideStore.open(bags[0].store)
     meta = {
         "encoder": encoder_name,
