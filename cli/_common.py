@@ -116,9 +116,9 @@ def classes_option(f):
         "--classes", default=None, metavar="A,B,…",
         help="Order of the class names of the manifest's 'label' column, comma-separated (e.g. LUAD,LUSC,MESO). "
              "Default: the names sorted; integer labels (0, 1, 2 …) are their own order. With two classes the "
-             "second is the positive one: 'probability' is P(second class), so give --classes Normal,Tumor "
-             "style orders when sorting would put the positive class first. Every label must be one of them; "
-             "the order is saved in the checkpoint and names the prediction columns.")(f)
+             "second is the positive one: 'probability' is P(second class). Sorted, Metastasis,Normal would make "
+             "Normal positive, so give --classes Normal,Metastasis. Every label must be one of them; the order "
+             "is saved in the checkpoint and names the prediction columns (prob_<class> for more than two).")(f)
 
 
 def print_scores(auc: dict, froc: dict | None, n: int, classes=None, metrics: dict | None = None) -> None:

@@ -76,7 +76,7 @@ def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed
               help="Decision threshold on the calibrated probability of the positive class (two-class models); "
                    "models of more classes predict the most probable class.")
 @click.option("--by", "stratify", default=None, help="Also report metrics per value of this manifest column "
-              "(site, scanner …).")
+              "(site, scanner, split …).")
 def predict(manifest, stores, checkpoint, out, threshold, stratify):
     """Predict the slides of MANIFEST from their stores' features: predictions.csv, per-tile scores in the stores
     and, with labels, metrics.json and plots.

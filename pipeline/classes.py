@@ -14,8 +14,8 @@ Class order
 their own indices: the classes are ``0 … K-1`` with ``K = max(label) + 1`` (at least 2). Names are ordered by
 ``--classes A,B,C`` when given, else sorted (``LUAD, LUSC``; ``Normal, Tumor``). For two classes the second is the
 *positive* class: the ``probability`` column is the probability of ``classes[1]`` (``Tumor`` for
-``Normal, Tumor``), so pass ``--classes Tumor-free,Metastasis``-style orders when sorting would put the positive
-class first. The order is stored in the checkpoint (``config.json``, ``classes``) and prediction uses it.
+``Normal, Tumor``); sorting would make ``Normal`` positive in ``Metastasis, Normal``, so pass
+``--classes Normal,Metastasis`` there. The order is stored in the checkpoint (``config.json``, ``classes``) and prediction uses it.
 
 Prediction columns
 ------------------
