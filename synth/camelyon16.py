@@ -13,7 +13,8 @@ groups ``_0``/``_1`` and non-tumour islands inside a metastasis in ``_2``. ``tes
 header and one row per test slide, ``test_001,Tumor,Macro,2134`` or ``test_002,Normal,,``: name, class, type of
 the largest lesion (``Macro``, ``Micro``, ``ITC``) and, in a fourth column that is ours, its largest dimension in
 µm. ``truth.csv`` (with a header) holds every slide's ground truth: split, label, largest lesion class and size,
-lesion counts, tumour fraction of the tissue, centre, pixel size, JPEG quality, mimics and artefacts.
+lesion counts, tumour fraction of the tissue, tumour grade (0 lobular-like to 1 high-grade ductal), centre, pixel
+size, JPEG quality, follicles and germinal centres (the look-alikes) and artefacts.
 
 What makes it hard, as in the real set (Bejnordi et al., JAMA 2017):
 
@@ -333,6 +334,7 @@ def _truth_row(spec: SlideSpec, scene: NodeScene, path: str) -> dict:
         "tumor_fraction": f"{tumour / tissue:.6f}", "tumor_mm2": f"{tumour:.5f}", "tissue_mm2": f"{tissue:.4f}",
         "centre": spec.centre.name, "mpp": mpp, "jpeg_quality": spec.centre.jpeg_quality,
         "width": spec.width, "height": spec.height,
+        "tumor_grade": f"{scene.look.tumor_grade:.3f}" if scene.lesions else "",
         "follicles": len(scene.anatomy.follicles), "germinal_centres": len(scene.anatomy.germinal_centres),
         "artefacts": ";".join(scene.artefacts.names), "difficulty": spec.difficulty, "seed": spec.seed,
     }
@@ -373,7 +375,8 @@ def write_camelyon16(out_dir: str | os.PathLike, preset: Camelyon16Preset | None
     Parameters
     ----------
     out_dir : str or os.PathLike
-        Root folder, created when missing; existing slides of the same names are replaced.
+        Root folder, created when missing. Files of the same names are replaced (a rerun writes the same bytes);
+        slides or lesion files that this set would not write are refused, as they would join the set.
     preset : Camelyon16Preset, optional
         Counts, sizes, difficulty and seed; default ``Camelyon16Preset()``.
     progress : callable, optional
@@ -385,10 +388,29 @@ def write_camelyon16(out_dir: str | os.PathLike, preset: Camelyon16Preset | None
     -------
     Path
         ``truth.csv``.
+
+    Raises
+    ------
+    ConfigError
+        For a bad preset, a planned lesion that does not fit the slide, or stray slides in ``out_dir``.
     """
     preset = preset or Camelyon16Preset()
     specs = plan_camelyon16(preset)
     out = Path(out_dir)
+    planned = {f"{s.folder}/{s.name}.tif" for s in specs} | {f"{s.annotation_folder}/{s.name}.xml" for s in specs}
+    folders = {s.folder for s in specs} | {s.annotation_folder for s in specs} | {
+        "training/normal", "training/tumor", "testing/images"}
+    # slides of another run would silently join this set (the bench takes every file it finds)
+    stale = sorted(p.relative_to(out).as_posix() for f in folders if (out / f).is_dir() for p in (out / f).iterdir()
+                   if p.suffix.lower() in (".tif", ".tiff", ".svs", ".xml")
+                   and p.relative_to(out).as_posix() not in planned)
+    if stale:
+        raise ConfigError(f"{out} holds {len(stale)} slide or annotation file(s) that are not part of this set "
+                          f"({', '.join(stale[:3])}{' …' if len(stale) > 3 else ''}): write into an empty folder")
+    for s in specs:
+        if s.label:
+            # lesions that do not fit are found before any file is written
+            slide_geometry(s)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     if workers > 1 and len(specs) > 1:

@@ -155,12 +155,12 @@ def test_truth_agrees_with_the_pixels(tiny):
 # --------------------------------------------------------------------------- determinism
 
 
-def test_same_seed_same_bytes_other_seed_other_files(tiny, tmp_path):
-    small = replace(TINY, n_train_normal=1, n_train_tumor=1, n_test_normal=0, n_test_tumor=1)
+def test_same_seed_same_bytes_other_seed_other_files(tmp_path):
+    small = replace(TINY, n_train_normal=1, n_train_tumor=0, n_test_normal=0, n_test_tumor=1, slide_mm=(0.6, 0.6))
     write_camelyon16(tmp_path / "a", small)
     write_camelyon16(tmp_path / "b", small, workers=2)
     a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
-    assert a == b and len(a) == 8  # 3 slides, 2 lesion XMLs, reference.csv, truth.csv, preset.json
+    assert a == b and len(a) == 6  # 2 slides, 1 lesion XML, reference.csv, truth.csv, preset.json
     write_camelyon16(tmp_path / "c", replace(small, seed=4))
     c = _tree(tmp_path / "c")
     assert set(c) == set(a)
@@ -271,9 +271,17 @@ def test_bad_presets_are_refused(tmp_path):
                    dict(slide_mm=(0.2, 0.2)), dict(tile_size=100), dict(n_train_normal=0, n_train_tumor=0)):
         with pytest.raises(ConfigError):
             write_camelyon16(tmp_path / "x", replace(TINY, **change))
+    # slides of another run would join the set: refused, nothing written
+    stray = tmp_path / "z" / "training" / "normal" / "normal_099.tif"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="normal_099.tif"):
+        write_camelyon16(tmp_path / "z", TINY)
+    assert sorted(p.name for p in (tmp_path / "z").rglob("*") if p.is_file()) == ["normal_099.tif"]
     # a macro-metastasis does not fit a 0.9 mm slide: said, not silently shrunk
     with pytest.raises(ConfigError, match="macro"):
         write_camelyon16(tmp_path / "y", replace(TINY, lesion_mix=(1, 0, 0)))
+    assert not (tmp_path / "y").exists()
 
 
 def test_cli_writes_the_preset(tmp_path):
