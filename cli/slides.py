@@ -83,8 +83,9 @@ def info(slides, as_json, mpp, backend):
 @click.option("--lesion-mix", type=(float, float, float), default=None, metavar="MACRO MICRO ITC",
               help="--preset camelyon16: shares of tumour slides whose largest lesion is a macro-metastasis, a "
                    "micro-metastasis, isolated tumour cells [default: 0.5 0.4 0.1].")
-@click.option("--workers", type=int, default=1, show_default=True,
-              help="--preset camelyon16: slides written in parallel processes (the files do not depend on it).")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="--preset camelyon16: slides written in parallel processes; default: CPU cores (the files do "
+                   "not depend on it).")
 @click.option("--width", default=8192, show_default=True, help="Level-0 width in pixels.")
 @click.option("--height", default=8192, show_default=True, help="Level-0 height in pixels.")
 @click.option("--mpp", default=0.25, show_default=True, help="Level-0 µm/px (0.25 = 40x, 0.5 = 20x).")

@@ -49,7 +49,15 @@ import shapely
 from ..annotations.formats import Annotation, write_asap_xml
 from ..errors import ConfigError
 from ..fileio import atomic_write, write_json
-from .lesions import LESION_CLASSES, Artefacts, Lesion, NodeAnatomy, make_anatomy, make_artefacts, place_lesions
+from .lesions import (
+    LESION_CLASSES,
+    Artefacts,
+    Lesion,
+    NodeAnatomy,
+    make_anatomy,
+    make_artefacts,
+    place_lesions,
+)
 from .node import NodeLook, NodeScene, _lerp
 from .scene import SynthConfig
 from .slide import write_scene_tiff
@@ -369,7 +377,7 @@ def _csv(rows: list[dict] | list[list], header: list[str] | None) -> str:
 
 
 def write_camelyon16(out_dir: str | os.PathLike, preset: Camelyon16Preset | None = None, *,
-                     progress: Callable[[int, int, str], None] | None = None, workers: int = 1) -> Path:
+                     progress: Callable[[int, int, str], None] | None = None, workers: int | None = None) -> Path:
     """Write a CAMELYON16-like data set (layout in the module docstring).
 
     Parameters
@@ -381,8 +389,8 @@ def write_camelyon16(out_dir: str | os.PathLike, preset: Camelyon16Preset | None
         Counts, sizes, difficulty and seed; default ``Camelyon16Preset()``.
     progress : callable, optional
         Called as ``progress(i, n, name)`` after each slide, ``i`` from 1 to ``n``.
-    workers : int
-        Slides written in parallel (processes); the files do not depend on it.
+    workers : int, optional
+        Slides written in parallel processes; default the number of CPU cores. The files do not depend on it.
 
     Returns
     -------
@@ -395,6 +403,8 @@ def write_camelyon16(out_dir: str | os.PathLike, preset: Camelyon16Preset | None
         For a bad preset, a planned lesion that does not fit the slide, or stray slides in ``out_dir``.
     """
     preset = preset or Camelyon16Preset()
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     specs = plan_camelyon16(preset)
     out = Path(out_dir)
     planned = {f"{s.folder}/{s.name}.tif" for s in specs} | {f"{s.annotation_folder}/{s.name}.xml" for s in specs}
@@ -413,15 +423,21 @@ def write_camelyon16(out_dir: str | os.PathLike, preset: Camelyon16Preset | None
             slide_geometry(s)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
-    if workers > 1 and len(specs) > 1:
+    workers = min(workers if workers is not None else os.cpu_count() or 1, len(specs))
+    if workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(write_camelyon16_slide, out, s, preset): s.name for s in specs}
-            for i, fut in enumerate(as_completed(futures), start=1):
-                rows[futures[fut]] = fut.result()
-                if progress is not None:
-                    progress(i, len(specs), futures[fut])
+            try:
+                for i, fut in enumerate(as_completed(futures), start=1):
+                    rows[futures[fut]] = fut.result()
+                    if progress is not None:
+                        progress(i, len(specs), futures[fut])
+            except BaseException:
+                for fut in futures:  # do not paint the rest of a set that will not be complete
+                    fut.cancel()
+                raise
     else:
         for i, s in enumerate(specs, start=1):
             rows[s.name] = write_camelyon16_slide(out, s, preset)
