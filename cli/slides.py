@@ -74,9 +74,9 @@ def info(slides, as_json, mpp, backend):
 @click.option("--test-normal", type=int, default=None, help="--preset camelyon16: normal test slides [default: 22].")
 @click.option("--test-tumor", type=int, default=None, help="--preset camelyon16: tumour test slides [default: 14].")
 @click.option("--difficulty", type=click.FloatRange(0, 1), default=None,
-              help="--preset camelyon16: 0-1, how alike metastases and their look-alikes are (tumour grade, "
-                   "germinal centres, sinuses), how much stain varies, how small micro-metastases are and how often "
-                   "artefacts occur [default: 0.5].")
+              help="--preset camelyon16: 0-1, how often metastases are low-grade and look like germinal centres "
+                   "and sinus histiocytes, how many of those look-alikes there are, how much stain varies, how small "
+                   "micro-metastases are and how often artefacts occur [default: 0.5].")
 @click.option("--slide-mm", type=(float, float), default=None, metavar="W H",
               help="--preset camelyon16: slide size in mm; pixels follow from each centre's pixel size "
                    "[default: 2.7 1.6; macro-metastases need more than 2 mm].")

@@ -19,9 +19,11 @@ size, JPEG quality, follicles and germinal centres (the look-alikes) and artefac
 What makes it hard, as in the real set (Bejnordi et al., JAMA 2017):
 
 - about half the tumour slides hold only micro-metastases (0.2-2 mm) or isolated tumour cells (< 0.2 mm), so
-  tumour is often well under 1 % of the tissue;
+  tumour is often a few per cent of the tissue, and under 1 % (down to about 0.05 %) on the ITC slides and the
+  smallest micro-metastases;
 - normal slides and tumour slides share the same anatomy, including germinal centres and sinus histiocytes that
-  look like metastases to simple colour and texture statistics (``difficulty`` makes them more alike);
+  look like metastases to simple colour and texture statistics, and some metastases are low-grade, lobular-like
+  carcinomas made of small cells that look like them in turn (``difficulty`` makes those more frequent);
 - two centres with different scanners: 0.243 and 0.226 µm/px, different stain and JPEG quality;
 - artefacts on any slide (folds, out-of-focus regions, air bubbles, pen marks);
 - class imbalance as in the training set (160 normal : 110 tumour) and test set (80 : 49).
@@ -101,8 +103,10 @@ class Camelyon16Preset:
     slide_mm : (float, float)
         Slide width and height, mm; pixels follow from each centre's pixel size.
     difficulty : float
-        0-1. Moves germinal centres and metastases towards each other in appearance, adds follicles and sinuses,
-        widens the stain variation between slides, makes micro-metastases smaller and artefacts more frequent.
+        0-1. Leans the tumour grade towards low-grade, lobular-like carcinomas that look like germinal centres and
+        sinus histiocytes, adds follicles, germinal centres and sinuses, widens the stain variation between
+        slides, makes micro-metastases smaller and artefacts more frequent. Lesion classes, labels and counts do
+        not change with it.
     seed : int
         Same seed, same files, byte for byte.
     lesion_mix : (float, float, float)
