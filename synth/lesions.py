@@ -426,6 +426,9 @@ def place_lesions(rng: np.random.Generator, anatomy: NodeAnatomy, mpp: float, ki
         When a requested lesion does not fit (the slide is too small for a macro-metastasis).
     """
     um = 1.0 / mpp
+    bad = [k for k in kinds if k not in LESION_CLASSES]
+    if bad:
+        raise ConfigError(f"unknown lesion class {bad[0]!r} (use one of {', '.join(LESION_CLASSES)})")
     order = sorted(kinds, key=lambda k: -LESION_CLASSES.index(k))
     room = _largest(anatomy.node.buffer(-30 * um))
     lesions: list[Lesion] = []
@@ -436,10 +439,8 @@ def place_lesions(rng: np.random.Generator, anatomy: NodeAnatomy, mpp: float, ki
             lesion = _macro(rng, anatomy, mpp, room)
         elif kind == "micro":
             lesion = _micro(rng, anatomy, mpp, room, small_bias)
-        elif kind == "itc":
-            lesion = _itc(rng, anatomy, mpp, room)
         else:
-            raise ConfigError(f"unknown lesion class {kind!r} (use one of {', '.join(LESION_CLASSES)})")
+            lesion = _itc(rng, anatomy, mpp, room)
         if lesion is None:
             w_mm = (anatomy.frame[2] * 2) * mpp / 1000
             raise ConfigError(f"a {kind} metastasis does not fit a node of {w_mm:.2f} mm; make the slide larger")

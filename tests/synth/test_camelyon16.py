@@ -15,6 +15,7 @@ import pytest
 import shapely
 import tiffslide
 from click.testing import CliRunner
+
 from slidestream.annotations import read_annotations
 from slidestream.errors import ConfigError
 from slidestream.synth.camelyon16 import (
