@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..evaluation import binary_metrics, metrics_by_group, plot_reliability, plot_roc
-from ..fileio import atomic_open, write_json
+from ..fileio import OutputGuard, atomic_open, output_folder, protect_inputs, write_json
 from ..mil import load_checkpoint, predict_ensemble
 from ..mil.standardize import FeatureNorm
 from ..store import SlideStore
@@ -39,7 +39,7 @@ def predict_stores(stores: list[Path], checkpoint: str | os.PathLike, *, model_n
     """
     reporter = reporter or QuietReporter()
     model, _config, meta = load_checkpoint(checkpoint)
-    encoder_name = meta["encoder"]
+    encoder_name = checkpoint_encoder(meta, checkpoint)
     model_name = model_name or Path(checkpoint).name
     temperature = float(getattr(model, "temperature", 1.0))
     rows: list[dict] = []
@@ -65,6 +65,16 @@ def predict_stores(stores: list[Path], checkpoint: str | os.PathLike, *, model_n
     outcomes = run_per_slide(stores, "predict", one, reporter, label=lambda p: p.name.removesuffix(".zarr"),
                              path=str)
     return rows, outcomes
+
+
+def checkpoint_encoder(meta: dict, checkpoint: str | os.PathLike) -> str:
+    """The encoder a checkpoint's head was trained on (``meta["encoder"]``), which prediction needs."""
+    if not meta.get("encoder"):
+        from ..mil.checkpoint import checkpoint_files
+
+        raise CheckpointError(f"{checkpoint_files(checkpoint)[1]}: meta.encoder: missing (the encoder whose features "
+                              "the head was trained on); re-save the checkpoint with meta={'encoder': NAME, ...}")
+    return str(meta["encoder"])
 
 
 def _feature_norms(meta: dict, n_members: int, checkpoint) -> list[FeatureNorm] | None:
@@ -118,31 +128,42 @@ class PredictSummary:
 
 def predict_batch(inputs: list[SlideInput], stores_dir: str | os.PathLike, checkpoint: str | os.PathLike,
                   out_dir: str | os.PathLike, *, threshold: float = 0.5, stratify: str | None = None,
-                  seed: int = 0, reporter: Reporter | None = None) -> PredictSummary:
+                  seed: int = 0, reporter: Reporter | None = None, overwrite: bool = False) -> PredictSummary:
     """Predict embedded slides with a checkpoint: predictions CSV, per-tile scores in the stores and, when the
     inputs carry labels, metrics (AUC with bootstrap CI, balanced accuracy, sensitivity/specificity at
-    ``threshold``, Brier, ECE) with ROC and reliability plots, optionally per value of a metadata column."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ``threshold``, Brier, ECE) with ROC and reliability plots, optionally per value of a metadata column.
+
+    Files in ``out_dir`` that slidestream did not write (or that were changed since) are not replaced unless
+    ``overwrite``: they are named in an :class:`~slidestream.errors.OutputExistsError` before any work."""
+    guard = OutputGuard(overwrite)
+    out_dir = output_folder(out_dir, create=False)
+    protect_inputs(p for it in inputs for p in (it.path, it.annotation))
+    names = ["predictions.csv"] + (["metrics.json", "roc.png", "reliability.png"]
+                                   if any(it.label is not None for it in inputs) else [])
+    guard.check_all(out_dir / n for n in names)
     adopt_existing_stores(inputs, stores_dir)  # stores made under the ids of an earlier version
     paths = store_paths(stores_dir, [it.slide_id for it in inputs])
     rows, outcomes = predict_stores(paths, checkpoint, model_name=Path(checkpoint).name, reporter=reporter)
     describe_rows(rows, inputs)
     for r in rows:
         r["prediction"] = int(r["calibrated_probability"] >= threshold)
-    csv_path = write_predictions_csv(out_dir / "predictions.csv", rows)
+    output_folder(out_dir)
+    with guard.writing(out_dir / "predictions.csv") as target:
+        csv_path = write_predictions_csv(target, rows)
     labelled = [r for r in rows if r.get("label") is not None]
     metrics = groups = json_path = None
     if labelled:
         y = np.array([r["label"] for r in labelled])
         p = np.array([r["calibrated_probability"] for r in labelled])
         metrics = binary_metrics(y, p, threshold=threshold, seed=seed)
-        plot_roc(y, p, out_dir / "roc.png", seed=seed)
-        plot_reliability(y, p, out_dir / "reliability.png")
+        with guard.writing(out_dir / "roc.png") as target:
+            plot_roc(y, p, target, seed=seed)
+        with guard.writing(out_dir / "reliability.png") as target:
+            plot_reliability(y, p, target)
         if stratify:
             if any(stratify not in r for r in labelled):
                 raise ConfigError(f"--by {stratify}: not a column of the manifest")
             groups = metrics_by_group(y, p, [r[stratify] for r in labelled], threshold=threshold, seed=seed)
-        json_path = write_json(out_dir / "metrics.json", {"overall": metrics, "by": stratify,
-                                                                 "groups": groups})
+        with guard.writing(out_dir / "metrics.json") as target:
+            json_path = write_json(target, {"overall": metrics, "by": stratify, "groups": groups})
     return PredictSummary(csv_path, rows, metrics, groups, json_path, outcomes)
