@@ -30,8 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture
 def batch(trained, tmp_path):
-    """A private copy of the trained batch: ``(root, manifest, stores, model)``."""
-    shutil.copytree(trained.slides, tmp_path / "slides")
+    """A private copy of the trained batch: ``(root, manifest, stores, model)`` (predict reads no slide)."""
     shutil.copy(trained.manifest, tmp_path / "manifest.csv")
     shutil.copytree(trained.stores, tmp_path / "stores")
     shutil.copytree(trained.model, tmp_path / "model")

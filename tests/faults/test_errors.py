@@ -152,7 +152,7 @@ def test_binary_bytes_in_a_manifest(batch, content):
 def test_float_and_grey_tiffs_are_named_and_the_batch_goes_on(batch):
     slides = batch / "slides"
     rng = np.random.default_rng(0)
-    f32 = _write_tiff(slides / "f32.tif", rng.random((512, 512, 3), dtype=np.float32))
+    f32 = _write_tiff(slides / "f32.tif", rng.random((512, 512, 3), dtype=np.float32), photometric="rgb")
     grey = _write_tiff(slides / "grey.tif", rng.integers(0, 255, (512, 512), dtype=np.uint8),
                        photometric="minisblack")
     with pytest.raises(UnsupportedSlideError, match="32-bit floating-point samples"):
