@@ -96,3 +96,9 @@ class ConfigError(SlidestreamError, ValueError):
 
 class CheckpointError(SlidestreamError):
     """A model checkpoint or weight file cannot be loaded safely."""
+
+
+class OutputExistsError(SlidestreamError):
+    """Writing an output would replace a file slidestream did not write (or changed since), a folder, or one of
+    the command's inputs; the message names the files and says how to proceed (``--overwrite``, another
+    ``--out``)."""

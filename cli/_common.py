@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -15,6 +18,199 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 STAIN_METHODS = ("none", "macenko", "reinhard", "vahadane")
+
+
+# ------------------------------------------------------------------------------------------------ value types
+# Every option value is checked here, at the door, so a bad one ends in click's usage error naming the option
+# (exit status 2) before any work; the library checks again for its own callers.
+
+
+class Number(click.ParamType):
+    """A finite number (NaN and infinities refused), optionally a whole one, within bounds.
+
+    Parameters
+    ----------
+    integer : bool
+        Whole numbers only (``1_000`` accepted; ``2.5`` refused).
+    minimum, maximum : float, optional
+        Bounds, inclusive unless ``open_min``.
+    open_min : bool
+        The minimum itself is refused (``> 0`` rather than ``>= 0``).
+    """
+
+    def __init__(self, *, integer: bool = False, minimum: float | None = None, maximum: float | None = None,
+                 open_min: bool = False):
+        self.integer = integer
+        self.minimum, self.maximum, self.open_min = minimum, maximum, open_min
+        self.name = "integer" if integer else "number"
+
+    def _bounds(self) -> str:
+        fmt = (lambda v: f"{int(v):,}") if self.integer else (lambda v: f"{v:g}")  # noqa: E731
+        lo = None if self.minimum is None else (f"> {fmt(self.minimum)}" if self.open_min else f">= {fmt(self.minimum)}")
+        hi = None if self.maximum is None else f"<= {fmt(self.maximum)}"
+        return " and ".join(b for b in (lo, hi) if b)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        text = str(value).strip().replace("_", "")
+        try:
+            number = int(text) if self.integer else float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not {'a whole number' if self.integer else 'a number'}", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        below = self.minimum is not None and (number <= self.minimum if self.open_min else number < self.minimum)
+        above = self.maximum is not None and number > self.maximum
+        if below or above:
+            self.fail(f"{value!r} is out of range: it must be {self._bounds()}", param, ctx)
+        return number
+
+    def __repr__(self) -> str:
+        return f"Number({self.name}, {self._bounds() or 'any'})"
+
+
+POSITIVE = Number(minimum=0, open_min=True)
+NON_NEGATIVE = Number(minimum=0)
+FRACTION = Number(minimum=0, maximum=1)
+FINITE = Number()
+MPP = Number(minimum=0.01, maximum=100)  # µm/px: from 1000x to 0.1x, far beyond any scanner
+COUNT = Number(integer=True, minimum=1, maximum=1_000_000)
+SEED = Number(integer=True, minimum=0, maximum=2**32 - 1)
+
+
+class Name(click.ParamType):
+    """A short text (a name, a column, an encoder key): non-empty, printable, no control characters.
+
+    Parameters
+    ----------
+    what : str
+        What the text names, for messages.
+    choices : callable, optional
+        Returns the accepted names (checked case-insensitively, ``-`` and ``_`` alike) or raises
+        :class:`ValueError` with the reason; called only when the value is given.
+    """
+
+    name = "text"
+
+    def __init__(self, what: str = "name", check=None):
+        self.what = what
+        self.check = check
+
+    def convert(self, value, param, ctx):
+        text = str(value)
+        if not text.strip():
+            self.fail(f"an empty {self.what} is not allowed", param, ctx)
+        if len(text) > 256:
+            self.fail(f"a {self.what} of {len(text)} characters is too long (at most 256)", param, ctx)
+        if any(not ch.isprintable() for ch in text):
+            self.fail(f"{text!r}: a {self.what} cannot hold control characters or line breaks", param, ctx)
+        if self.check is not None:
+            try:
+                text = self.check(text)
+            except (ValueError, LookupError) as exc:
+                self.fail(str(exc), param, ctx)
+        return text
+
+
+def _head_name(text: str) -> str:
+    from ..mil.heads import list_heads
+
+    key = text.strip().lower().replace("-", "_")
+    if key not in list_heads():
+        raise ValueError(f"unknown MIL head {text!r}; choose one of {', '.join(list_heads())}")
+    return key
+
+
+def _encoder_name(text: str) -> str:
+    from ..errors import ConfigError
+    from ..models.registry import get_preset
+
+    try:
+        get_preset(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def _device(text: str, auto: bool = False) -> str:
+    if auto and text == "auto":
+        return text
+    if not _DEVICE.match(text):
+        also = ", or auto (CUDA when there is one)" if auto else ""
+        raise ValueError(f"{text!r} is not a device: use cpu, cuda, cuda:1 … or mps{also}")
+    if text.startswith(("cuda", "mps")):
+        import torch
+
+        from ..errors import ConfigError
+        from ..models.encoder import check_device_available
+
+        try:
+            check_device_available(torch.device(text))
+        except ConfigError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+    return text
+
+
+_ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc|ws|wss)://[^\s/:]+(:\d{1,5})?/?$")
+
+
+def _scheduler(text: str) -> str:
+    if text != "local" and not _ADDRESS.match(text):
+        raise ValueError(f"{text!r} is not a dask scheduler address: give tcp://host:8786 (tls://, ucx:// …), or "
+                         "'local' for a local cluster on 127.0.0.1 (from --scheduler or SLIDESTREAM_SCHEDULER)")
+    return text
+
+
+def _hub_none_or_file(text: str) -> str:
+    if text in ("hub", "none") or Path(text).is_file():
+        return text
+    raise ValueError(f"{text!r}: give 'hub', 'none', or an existing weights file")
+
+
+def _default_or_image(text: str) -> str:
+    if text == "default" or Path(text).is_file():
+        return text
+    raise ValueError(f"{text!r}: give 'default' or an existing RGB image file")
+
+
+def _class_list(text: str) -> str:
+    names = [n.strip() for n in text.split(",")]
+    if len(names) < 2 or not all(names):
+        raise ValueError(f"{text!r}: give two or more class names separated by commas (e.g. Normal,Tumor)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{text!r}: a class is named twice")
+    return text
+
+
+TEXT = Name("name")
+CLASS_LIST = Name("class list", _class_list)
+DEVICE = Name("device", _device)
+DEVICE_OR_AUTO = Name("device", lambda text: _device(text, auto=True))
+HEAD = Name("MIL head", _head_name)
+ENCODER = Name("encoder", _encoder_name)
+WEIGHTS = Name("weights", _hub_none_or_file)
+STAIN_REFERENCE = Name("stain reference", _default_or_image)
+SCHEDULER = Name("scheduler address", _scheduler)
+
+
+def out_folder(help: str, required: bool = True, **kwargs):
+    """``--out DIR``: an output folder (a file there is refused at the door)."""
+    return click.option("--out", required=required, type=click.Path(file_okay=False, path_type=Path), help=help,
+                        **kwargs)
+
+
+def overwrite_option(help: str):
+    """``--overwrite``: replace files in the output folder that slidestream did not write."""
+    return click.option("--overwrite", is_flag=True, help=help)
+
+
+OVERWRITE_HELP = ("Replace files in --out that slidestream did not write, or that were changed since it wrote "
+                  "them (without it they are named and left as they are, and nothing is done). Outputs of an "
+                  "earlier run are replaced either way; the command's inputs never are.")
 
 
 def reporter() -> RichReporter:
@@ -39,14 +235,15 @@ def stain_option(help: str):
 
 
 def stain_reference_option(f):
-    return click.option("--stain-reference", default="default", show_default=True,
+    return click.option("--stain-reference", default="default", show_default=True, type=STAIN_REFERENCE,
                         help="Target stain: an RGB image file, or 'default' (a standard H&E reference).")(f)
 
 
 def scheduler_option(help: str = "Address of a dask.distributed scheduler (tcp://host:8786), or 'local' for a "
                                  "local cluster on 127.0.0.1: one task per store/slide on the workers (shared file "
                                  "system). Default: this process."):
-    return click.option("--scheduler", envvar="SLIDESTREAM_SCHEDULER", default=None, help=help)
+    return click.option("--scheduler", envvar="SLIDESTREAM_SCHEDULER", default=None, type=SCHEDULER,
+                        help=help + " Also read from SLIDESTREAM_SCHEDULER.")
 
 
 def _pixel_count(ctx, param, value):
@@ -56,7 +253,7 @@ def _pixel_count(ctx, param, value):
         number = float(str(value).replace("_", ""))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a number of pixels (e.g. 5e8 or 500000000)") from None
-    if not number >= 1 or number != int(number):
+    if not math.isfinite(number) or not number >= 1 or number != int(number):
         raise click.BadParameter(f"{value!r} is not a positive whole number of pixels")
     return int(number)
 
@@ -74,11 +271,15 @@ def max_pixels_option(f):
 def tiling_options(f):
     """``--target-mpp``, ``--tile-size``, ``--overlap``, ``--min-tissue``."""
     opts = [
-        click.option("--target-mpp", default=0.5, show_default=True,
+        click.option("--target-mpp", default=0.5, show_default=True, type=MPP,
                      help="µm/px of the tiles (0.5 ≈ 20x, 0.25 ≈ 40x); read from the best level, never upsampled."),
-        click.option("--tile-size", default=224, show_default=True, help="Tile side in pixels."),
-        click.option("--overlap", default=0, show_default=True, help="Overlap between tiles in pixels."),
-        click.option("--min-tissue", default=0.5, show_default=True, help="Minimum tissue fraction of a kept tile."),
+        click.option("--tile-size", default=224, show_default=True, type=Number(integer=True, minimum=8,
+                                                                                 maximum=16384),
+                     help="Tile side in pixels (8 to 16384)."),
+        click.option("--overlap", default=0, show_default=True, type=Number(integer=True, minimum=0, maximum=16383),
+                     help="Overlap between tiles in pixels (less than --tile-size)."),
+        click.option("--min-tissue", default=0.5, show_default=True, type=FRACTION,
+                     help="Minimum tissue fraction (0-1) of a kept tile."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -135,7 +336,7 @@ def print_predictions(rows, classes=None) -> None:
 def classes_option(f):
     """``--classes A,B,C``: the order of named classes."""
     return click.option(
-        "--classes", default=None, metavar="A,B,…",
+        "--classes", default=None, metavar="A,B,…", type=CLASS_LIST,
         help="Order of the class names of the manifest's 'label' column, comma-separated (e.g. LUAD,LUSC,MESO). "
              "Default: the names sorted; integer labels (0, 1, 2 …) are their own order. With two classes the "
              "second is the positive one: 'probability' is P(second class). Sorted, Metastasis,Normal would make "

@@ -7,32 +7,36 @@ from pathlib import Path
 
 import click
 
-from ._common import (classes_option, err, exit_for, max_pixels_option, print_predictions, reporter, scheduler_option,
-                      summary_table)
+from ._common import (COUNT, DEVICE, DEVICE_OR_AUTO, FINITE, FRACTION, HEAD, MPP, OVERWRITE_HELP, POSITIVE, SEED,
+                      TEXT, WEIGHTS, Number, classes_option, err, exit_for, max_pixels_option, out_folder,
+                      overwrite_option, print_predictions, reporter, scheduler_option, summary_table)
 
 __all__ = ["heatmap", "predict", "run", "train"]
 
 
 @click.command()
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--stores", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--stores", required=True, type=click.Path(exists=True, path_type=Path),
               help="Folder of embedded slide stores.")
-@click.option("--encoder", required=True, help="Which features/<encoder> to train on.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
-@click.option("--head", default="abmil", show_default=True, help="MIL head (abmil, clam_sb, clam_mb, transmil, "
-              "dsmil, mean, max).")
-@click.option("--folds", default=5, show_default=True, help="Stratified cross-validation folds (slides of one "
-              "manifest 'patient' share a fold).")
+@click.option("--encoder", required=True, type=TEXT, help="Which features/<encoder> to train on.")
+@out_folder("Checkpoint folder to write (model.safetensors + config.json).")
+@click.option("--head", default="abmil", show_default=True, type=HEAD, help="MIL head (abmil, clam_sb, clam_mb, "
+              "transmil, dsmil, mean_pool, max_pool).")
+@click.option("--folds", default=5, show_default=True, type=Number(integer=True, minimum=2, maximum=100),
+              help="Stratified cross-validation folds (slides of one manifest 'patient' share a fold).")
 @click.option("--balance", type=click.Choice(["loss", "sampler", "none"]), default="loss", show_default=True,
               help="How class imbalance is countered. 'loss': each slide's whole training loss is weighted by "
                    "N / (K * N_class), normalised to mean 1 over the training slides. 'sampler': each epoch draws "
                    "slides with replacement, class-balanced (CLAM's weighted sampling). 'none': no balancing.")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--lr", default=2e-4, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--epochs", default=30, show_default=True, type=COUNT, help="Training epochs per fold.")
+@click.option("--lr", default=2e-4, show_default=True, type=POSITIVE, help="Learning rate (AdamW).")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Same seed, same folds and weights.")
+@click.option("--device", default="auto", show_default=True, type=DEVICE_OR_AUTO,
+              help="cpu, cuda, cuda:1 …, mps, or auto (CUDA when there is one).")
 @classes_option
-def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed, device, classes):
+@overwrite_option("Replace a checkpoint already in --out (by default any checkpoint there, even one slidestream "
+                  "wrote, is left as it is and nothing is trained), and files there that slidestream did not write.")
+def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed, device, classes, overwrite):
     """Train a MIL head on labelled slides (MANIFEST: slide,label[,split,patient] CSV); save the fold ensemble.
 
     Labels are class indices (0, 1, 2 …) or class names (LUAD, LUSC …; see --classes); two or more classes. Slides
@@ -45,7 +49,7 @@ def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed
 
     cfg = TrainConfig(head=head, epochs=epochs, lr=lr, seed=seed, device=device, patience=None, balance=balance)
     summary = train_from_stores(collect_inputs([manifest]), stores, encoder, out, cfg, folds=folds,
-                                reporter=reporter(), classes=classes)
+                                reporter=reporter(), classes=classes, overwrite=overwrite)
     m, cs = summary.cv_metrics, summary.classes
     nan = float("nan")
     if cs is not None and not cs.binary:
@@ -69,16 +73,19 @@ def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed
 
 @click.command()
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--stores", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--stores", required=True, type=click.Path(exists=True, path_type=Path),
               help="Folder of slide stores embedded with the checkpoint's encoder.")
-@click.option("--model", "checkpoint", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--threshold", default=0.5, show_default=True,
-              help="Decision threshold on the calibrated probability of the positive class (two-class models); "
-                   "models of more classes predict the most probable class.")
-@click.option("--by", "stratify", default=None, help="Also report metrics per value of this manifest column "
-              "(site, scanner, split …).")
-def predict(manifest, stores, checkpoint, out, threshold, stratify):
+@click.option("--model", "checkpoint", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Checkpoint folder written by `slidestream train`.")
+@out_folder("Folder for predictions.csv and, with labels, metrics.json and plots (roc.png, reliability.png; "
+            "confusion.png for models of more than two classes).")
+@click.option("--threshold", default=0.5, show_default=True, type=FRACTION,
+              help="Decision threshold (0-1) on the calibrated probability of the positive class (two-class "
+                   "models); models of more classes predict the most probable class.")
+@click.option("--by", "stratify", default=None, type=TEXT, help="Also report metrics per value of this manifest "
+              "column (site, scanner, split …).")
+@overwrite_option(OVERWRITE_HELP)
+def predict(manifest, stores, checkpoint, out, threshold, stratify, overwrite):
     """Predict the slides of MANIFEST from their stores' features: predictions.csv, per-tile scores in the stores
     and, with labels, metrics.json and plots.
 
@@ -92,7 +99,7 @@ def predict(manifest, stores, checkpoint, out, threshold, stratify):
     from ..pipeline.predict import predict_batch
 
     res = predict_batch(collect_inputs([manifest]), stores, checkpoint, out, threshold=threshold,
-                        stratify=stratify, reporter=reporter())
+                        stratify=stratify, reporter=reporter(), overwrite=overwrite)
     print_predictions(res.rows, res.classes)
     m = res.metrics
     if m and "macro_auc_ovr" in m:
@@ -119,16 +126,18 @@ def predict(manifest, stores, checkpoint, out, threshold, stratify):
 @click.argument("slides", nargs=-1, required=True)
 @click.option("--model", "checkpoint", required=True, type=click.Path(exists=True, path_type=Path),
               help="Checkpoint folder written by `slidestream train` or `slidestream demo`.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--weights", default="hub", show_default=True, help="Encoder weights: 'hub', a local file, or 'none'.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
-@click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Normalised attention above which tiles are merged into 'High attention' regions (class Tumor for "
-                   "0/1 models, else the positive or predicted class).")
+@out_folder("Output folder: <slide_id>.geojson, <slide_id>.heatmap.png, predictions.csv, stores/.")
+@click.option("--weights", default="hub", show_default=True, type=WEIGHTS,
+              help="Encoder weights: 'hub', a local file, or 'none'.")
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="cpu, cuda, cuda:1 … or mps.")
+@click.option("--mpp", type=MPP, default=None, help="Level-0 µm/px for slides that carry none.")
+@click.option("--threshold", type=FRACTION, default=0.5, show_default=True,
+              help="Normalised attention (0-1) above which tiles are merged into 'High attention' regions (class "
+                   "Tumor for 0/1 models, else the positive or predicted class).")
 @scheduler_option()
 @max_pixels_option
-def run(slides, checkpoint, out, weights, device, mpp, threshold, scheduler, max_pixels):
+@overwrite_option(OVERWRITE_HELP + " Stores in OUT/stores are not rebuilt (that is `slidestream tile --overwrite`).")
+def run(slides, checkpoint, out, weights, device, mpp, threshold, scheduler, max_pixels, overwrite):
     """The whole inference path for new SLIDES: tile, embed with the checkpoint's encoder, predict, and write
     QuPath GeoJSON, PNG heatmaps and predictions.csv (per-class columns and tile measurements for models of more
     than two classes, as `predict` and `heatmap` describe)."""
@@ -136,7 +145,8 @@ def run(slides, checkpoint, out, weights, device, mpp, threshold, scheduler, max
     from ..pipeline.run import run_inference
 
     summary = run_inference(collect_inputs(slides, mpp=mpp), checkpoint, out, weights=weights, device=device,
-                            threshold=threshold, scheduler=scheduler, reporter=reporter(), max_pixels=max_pixels)
+                            threshold=threshold, scheduler=scheduler, reporter=reporter(), max_pixels=max_pixels,
+                            overwrite=overwrite)
     print_predictions(summary.rows, summary.classes)
     click.echo(f"predictions: {summary.predictions_csv}")
     for o in summary.failed:
@@ -147,22 +157,24 @@ def run(slides, checkpoint, out, weights, device, mpp, threshold, scheduler, max
 
 @click.command()
 @click.argument("stores", nargs=-1, required=True)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--model", "model_name", default=None,
+@out_folder("Output folder: <slide_id>.geojson and <slide_id>.heatmap.png.")
+@click.option("--model", "model_name", default=None, type=TEXT,
               help="Which scores/<NAME> of the stores to draw (written by `run`/`predict`).")
 @click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None,
               help="Compute the scores first from the stores' features with this checkpoint.")
-@click.option("--format", "fmt", type=click.Choice(["geojson", "png", "both"]), default="both", show_default=True)
-@click.option("--threshold", type=float, default=None,
+@click.option("--format", "fmt", type=click.Choice(["geojson", "png", "both"]), default="both", show_default=True,
+              help="Which files to write.")
+@click.option("--threshold", type=FINITE, default=None,
               help="Also write merged regions where the drawn score reaches this value (QuPath class Tumor for 0/1 "
                    "models; otherwise the class the column describes, or the positive/predicted class).")
-@click.option("--column", default=None,
+@click.option("--column", default=None, type=TEXT,
               help="Score column to draw in the PNG and threshold for regions (default: attention_normalized). "
                    "Every column is a measurement of each tile in the GeoJSON. Models of more than two classes add "
                    "one column per class when the head has per-class tile scores: attention_<class> (clam_mb; "
                    "dsmil for every class but the first) or probability_<class> (mean, max); abmil, clam_sb and "
                    "transmil have one attention map for all classes.")
-def heatmap(stores, out, model_name, checkpoint, fmt, threshold, column):
+@overwrite_option(OVERWRITE_HELP)
+def heatmap(stores, out, model_name, checkpoint, fmt, threshold, column, overwrite):
     """QuPath GeoJSON (tiles with score measurements, tissue outline, regions) and PNG heatmaps for STORES.
 
     In QuPath, Measure › Show measurement maps shows each measurement (attention, attention_normalized and, for
@@ -172,6 +184,7 @@ def heatmap(stores, out, model_name, checkpoint, fmt, threshold, column):
 
     formats = ("geojson", "png") if fmt == "both" else (fmt,)
     outcomes = heatmap_batch(collect_stores(stores), out, model_name=model_name, checkpoint=checkpoint,
-                             formats=formats, threshold=threshold, column=column, reporter=reporter())
+                             formats=formats, threshold=threshold, column=column, reporter=reporter(),
+                             overwrite=overwrite)
     summary_table("heatmaps", outcomes, list(formats if fmt != "both" else ("geojson", "heatmap")))
     exit_for(outcomes)

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ._common import (classes_option, err, max_pixels_option, out, print_predictions, print_scores, reporter,
-                      scheduler_option, stain_option, tiling_options)
+from ._common import (COUNT, DEVICE, ENCODER, HEAD, MPP, OVERWRITE_HELP, SEED, WEIGHTS, Number, classes_option, err,
+                      max_pixels_option, out, out_folder, overwrite_option, print_predictions, print_scores,
+                      reporter, scheduler_option, stain_option, tiling_options)
 
 __all__ = ["bench", "demo", "evaluate", "status"]
 
@@ -85,7 +86,8 @@ def evaluate():
 @click.option("--annotations", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of ground truth per tumour slide: ASAP XML, GeoJSON, NCRF JSON or <slide>_mask.tif. "
                    "A slide without a file is a normal slide.")
-@click.option("--mpp", default=0.243, show_default=True, help="Level-0 µm/px of the slides (CAMELYON16: 0.243).")
+@click.option("--mpp", default=0.243, show_default=True, type=MPP,
+              help="Level-0 µm/px of the slides (CAMELYON16: 0.243).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"sensitivity": {"0.25": …}, "froc": …} as JSON.')
 def evaluate_froc(detections, annotations, mpp, as_json):
     """Lesion-level FROC exactly as the official CAMELYON16 evaluation computes it: the sensitivities at
@@ -102,18 +104,21 @@ def evaluate_froc(detections, annotations, mpp, as_json):
 
 
 @click.command()
-@click.option("--out", default="demo-output", show_default=True, type=click.Path(path_type=Path))
-@click.option("--slides", "n_slides", default=40, show_default=True, help="Synthetic slides (half with tumour).")
-@click.option("--encoder", default="handcrafted", show_default=True,
+@out_folder("Demo folder (resumable).", required=False, default="demo-output", show_default=True)
+@click.option("--slides", "n_slides", default=40, show_default=True, type=Number(integer=True, minimum=10,
+                                                                                 maximum=10_000),
+              help="Synthetic slides (half with tumour; at least 10, for the cross-validation and a test set).")
+@click.option("--encoder", default="handcrafted", show_default=True, type=ENCODER,
               help="Encoder; any timm name runs with random weights offline (and learns little).")
-@click.option("--seed", default=0, show_default=True)
-def demo(out, n_slides, encoder, seed):
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Same seed, same slides and numbers.")
+@overwrite_option(OVERWRITE_HELP)
+def demo(out, n_slides, encoder, seed, overwrite):
     """Offline end-to-end demo on a synthetic CAMELYON-like set: tile, embed, train ABMIL, predict held-out
     slides, write GeoJSON, heatmaps, predictions and a report with the held-out slide AUC."""
     from ..pipeline.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(n_normal=n_slides // 2, n_tumor=n_slides - n_slides // 2, encoder=encoder, seed=seed)
-    res = run_demo(out, cfg, reporter=reporter())
+    res = run_demo(out, cfg, reporter=reporter(), overwrite=overwrite)
     print_predictions(res.rows)
     print_scores(res.test_auc, res.froc, len(res.rows))
     click.echo(f"total {res.seconds:.0f} s")
@@ -125,21 +130,25 @@ def demo(out, n_slides, encoder, seed):
 
 @click.command()
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Benchmark folder (resumable).")
-@click.option("--encoder", default="handcrafted", show_default=True)
-@click.option("--weights", default="hub", show_default=True, help="Encoder weights: 'hub', a local file, or 'none'.")
-@click.option("--head", default="abmil", show_default=True)
+@out_folder("Benchmark folder (resumable).")
+@click.option("--encoder", default="handcrafted", show_default=True, type=ENCODER,
+              help="Preset name (see `slidestream encoders`) or any timm model name.")
+@click.option("--weights", default="hub", show_default=True, type=WEIGHTS,
+              help="Encoder weights: 'hub', a local file, or 'none'.")
+@click.option("--head", default="abmil", show_default=True, type=HEAD,
+              help="MIL head (abmil, clam_sb, clam_mb, transmil, dsmil, mean_pool, max_pool).")
 @click.option("--balance", type=click.Choice(["loss", "sampler", "none"]), default="loss", show_default=True,
               help="How class imbalance is countered. 'loss': each slide's whole training loss is weighted by "
                    "N / (K * N_class), normalised to mean 1 over the training slides. 'sampler': each epoch draws "
                    "slides with replacement, class-balanced (CLAM's weighted sampling). 'none': no balancing.")
-@click.option("--folds", default=5, show_default=True)
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--folds", default=5, show_default=True, type=Number(integer=True, minimum=2, maximum=100),
+              help="Cross-validation folds on the training slides.")
+@click.option("--epochs", default=30, show_default=True, type=COUNT, help="Training epochs per fold.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Same seed, same numbers.")
 @tiling_options
 @stain_option("Normalise the stored patches (stain estimated once per slide).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--froc-mpp", type=float, default=None,
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="cpu, cuda, cuda:1 … or mps.")
+@click.option("--froc-mpp", type=MPP, default=None,
               help="Level-0 µm/px at which the lesion FROC is evaluated (sets the 75 µm lesion growth and the 275 µm "
                    "ITC size in pixels). Default 0.243, the official CAMELYON16 value used for every slide whatever "
                    "its scanner; other values give FROCs not comparable with published ones. Recorded in "
@@ -149,8 +158,9 @@ def demo(out, n_slides, encoder, seed):
                    "127.0.0.1, for the tiling and embedding stages.")
 @max_pixels_option
 @classes_option
+@overwrite_option(OVERWRITE_HELP)
 def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, target_mpp, tile_size, overlap,
-          min_tissue, stain, device, froc_mpp, scheduler, max_pixels, classes):
+          min_tissue, stain, device, froc_mpp, scheduler, max_pixels, classes, overwrite):
     """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
     manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
     the official lesion FROC, ROC/FROC plots, bench.json and report.md. Rerunning after an interruption skips
@@ -169,7 +179,7 @@ def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, tar
                       **({} if froc_mpp is None else {"froc_mpp": froc_mpp}),
                       tiling=TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap,
                                           min_tissue=min_tissue))
-    res = run_benchmark(source, out, cfg, reporter=reporter(), max_pixels=max_pixels)
+    res = run_benchmark(source, out, cfg, reporter=reporter(), max_pixels=max_pixels, overwrite=overwrite)
     print_scores(res.auc, res.froc, res.metrics["n"], res.classes, res.metrics)
     if res.froc_skipped:
         click.echo(f"lesion FROC not computed: {res.froc_skipped}")

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 from rich.table import Table
 
-from ._common import exit_for, out, reporter, scheduler_option, stain_option, stain_reference_option, summary_table
+from ._common import (COUNT, DEVICE, ENCODER, OVERWRITE_HELP, TEXT, WEIGHTS, Name, exit_for, out, out_folder,
+                      overwrite_option, reporter, scheduler_option, stain_option, stain_reference_option,
+                      summary_table)
 
 __all__ = ["embed", "encoders", "export_features"]
 
 
 @click.command()
 @click.argument("stores", nargs=-1, required=True)
-@click.option("--encoder", default="handcrafted", show_default=True,
+@click.option("--encoder", default="handcrafted", show_default=True, type=ENCODER,
               help="Preset name (see `slidestream encoders`) or any timm model name.")
-@click.option("--weights", default="hub", show_default=True,
+@click.option("--weights", default="hub", show_default=True, type=WEIGHTS,
               help="'hub' (download, gated models need a token), a local .safetensors/.pth file, or 'none' "
                    "(random init, marked in the store).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 …")
-@click.option("--batch-size", type=int, default=None, help="Forward batch (default: one store chunk).")
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="cpu, cuda, cuda:1 … or mps.")
+@click.option("--batch-size", type=COUNT, default=None, help="Forward batch (default: one store chunk).")
 @stain_option("Normalise tiles on the device before the encoder (stain estimated once per slide); for stores "
               "whose patches were not normalised at tiling.")
 @stain_reference_option
@@ -72,11 +73,19 @@ def encoders(as_json):
     out.print(t)
 
 
+def _formats(text: str) -> str:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("h5", "pt")]
+    if bad or not formats:
+        raise ValueError(f"{text!r}: give h5, pt or h5,pt")
+    return text
+
+
 @click.command("export-features")
 @click.argument("stores", nargs=-1, required=True)
-@click.option("--encoder", required=True, help="Which features/<encoder> to export.")
-@click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", default="h5,pt", show_default=True,
+@click.option("--encoder", required=True, type=TEXT, help="Which features/<encoder> to export.")
+@out_folder("Output folder (see --layout).")
+@click.option("--format", "fmt", default="h5,pt", show_default=True, type=Name("format list", _formats),
               help="Comma-separated: h5 (features + level-0 coords + the layout's attributes), pt (a plain (N, D) "
                    "float32 tensor).")
 @click.option("--layout", type=click.Choice(["flat", "clam", "trident"]), default="flat", show_default=True,
@@ -87,13 +96,15 @@ def encoders(as_json):
                    "re-reads the same pixels with: python extract_features_fp.py --data_h5_dir OUT "
                    "--data_slide_dir SLIDES --slide_ext .svs --csv_path OUT/slide_ids.csv --feat_dir FEATS "
                    "--target_patch_size TILE_SIZE (the --tile-size the stores were cut with).")
-def export_features(stores, encoder, out, fmt, layout):
+@overwrite_option(OVERWRITE_HELP)
+def export_features(stores, encoder, out, fmt, layout, overwrite):
     """Write the features of STORES as HDF5 and .pt bags, so other MIL code (CLAM, TRIDENT) can use them, and
     re-read the same tiles from the slides if it wants to."""
     from ..pipeline.export import export_batch
     from ..pipeline.inputs import collect_stores
 
     formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
-    outcomes = export_batch(collect_stores(stores), encoder, out, formats, layout=layout, reporter=reporter())
+    outcomes = export_batch(collect_stores(stores), encoder, out, formats, layout=layout, reporter=reporter(),
+                            overwrite=overwrite)
     summary_table("export", outcomes, list(formats))
     exit_for(outcomes)

@@ -16,10 +16,14 @@ __all__ = ["qupath_project"]
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Project folder (created). An existing project there is updated: its images stay, new slides "
                    "are added; close it in QuPath first.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace files where the import script and the --copy copies go that slidestream did not write "
+                   "(without it they are named and nothing is done). project.qpproj itself is always updated, not "
+                   "replaced: its images stay, and its previous version is kept as project.qpproj.backup.")
 @click.option("--copy", "copy", is_flag=True,
               help="Copy the GeoJSON files into the project folder (<out>/slidestream/<slide_id>/), so that the "
                    "folder can be moved or shared as a whole; by default the script reads them where they are.")
-def qupath_project(inputs, out_dir: Path, copy: bool):
+def qupath_project(inputs, out_dir: Path, overwrite: bool, copy: bool):
     """Make a QuPath project (0.4 – 0.7) of the slides in INPUTS, with a script importing their GeoJSON.
 
     INPUTS are slides, folders, globs, manifest CSVs and stores (*.zarr, which bring the slide they were tiled
@@ -33,7 +37,7 @@ def qupath_project(inputs, out_dir: Path, copy: bool):
     """
     from ..pipeline.qupath_project import make_qupath_project
 
-    result = make_qupath_project(inputs, out_dir, copy=copy, reporter=reporter())
+    result = make_qupath_project(inputs, out_dir, copy=copy, reporter=reporter(), overwrite=overwrite)
     summary_table(f"QuPath project ({result.project})", result.outcomes, ["entry_id", "geojson"])
     for path in result.unmatched:
         err.print(f"[yellow]not imported[/yellow]: {path} (its name matches none of the slides' ids)")

@@ -11,8 +11,9 @@ import click
 from rich.table import Table
 
 from ..tiling.settings import KEEP_RULES, TISSUE_METHODS, TissueConfig
-from ._common import (err, exit_for, fail, max_pixels_option, out, reporter, scheduler_option, stain_option,
-                      stain_reference_option, summary_table, tiling_options)
+from ._common import (FRACTION, MPP, NON_NEGATIVE, SEED, Number, err, exit_for, fail, max_pixels_option,
+                      out, out_folder, reporter, scheduler_option, stain_option, stain_reference_option,
+                      summary_table, tiling_options)
 
 __all__ = ["info", "synth", "tile"]
 
@@ -20,7 +21,7 @@ __all__ = ["info", "synth", "tile"]
 @click.command()
 @click.argument("slides", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (a list of slide descriptions).")
-@click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
+@click.option("--mpp", type=MPP, default=None, help="Level-0 µm/px for slides that carry none.")
 @click.option("--backend", type=click.Choice(["auto", "openslide", "tiffslide", "pil"]), default="auto",
               show_default=True, help="Reader to use.")
 @max_pixels_option
@@ -67,33 +68,38 @@ def info(slides, as_json, mpp, backend, max_pixels):
                    "sections as generic tiled TIFF from two centres (0.243 and 0.226 µm/px), with macro-, "
                    "micro-metastases and isolated tumour cells in CAMELYON16 proportions, germinal centres and "
                    "sinus histiocytes that look like tumour, and artefacts.")
-@click.option("--normal", "n_normal", type=int, default=None,
+@click.option("--normal", "n_normal", type=Number(integer=True, minimum=0, maximum=10_000), default=None,
               help="Dataset mode: slides without tumour (training slides with --preset) [default: 10; 28 with "
                    "--preset camelyon16].")
-@click.option("--tumor", "n_tumor", type=int, default=None,
+@click.option("--tumor", "n_tumor", type=Number(integer=True, minimum=0, maximum=10_000), default=None,
               help="Dataset mode: slides with tumour (training slides with --preset) [default: 10; 20 with "
                    "--preset camelyon16].")
-@click.option("--test-normal", type=int, default=None, help="--preset camelyon16: normal test slides [default: 22].")
-@click.option("--test-tumor", type=int, default=None, help="--preset camelyon16: tumour test slides [default: 14].")
-@click.option("--difficulty", type=click.FloatRange(0, 1), default=None,
+@click.option("--test-normal", type=Number(integer=True, minimum=0, maximum=10_000), default=None,
+              help="--preset camelyon16: normal test slides [default: 22].")
+@click.option("--test-tumor", type=Number(integer=True, minimum=0, maximum=10_000), default=None,
+              help="--preset camelyon16: tumour test slides [default: 14].")
+@click.option("--difficulty", type=FRACTION, default=None,
               help="--preset camelyon16: 0-1, how often metastases are low-grade and look like germinal centres "
                    "and sinus histiocytes, how many of those look-alikes there are, how much stain varies, how small "
                    "micro-metastases are and how often artefacts occur [default: 0.5].")
-@click.option("--slide-mm", type=(float, float), default=None, metavar="W H",
-              help="--preset camelyon16: slide size in mm; pixels follow from each centre's pixel size "
-                   "[default: 2.7 1.6; macro-metastases need more than 2 mm].")
-@click.option("--lesion-mix", type=(float, float, float), default=None, metavar="MACRO MICRO ITC",
+@click.option("--slide-mm", type=(Number(minimum=0.1, maximum=100), Number(minimum=0.1, maximum=100)), default=None,
+              metavar="W H", help="--preset camelyon16: slide size in mm; pixels follow from each centre's pixel "
+              "size [default: 2.7 1.6; macro-metastases need more than 2 mm].")
+@click.option("--lesion-mix", type=(FRACTION, FRACTION, FRACTION), default=None, metavar="MACRO MICRO ITC",
               help="--preset camelyon16: shares of tumour slides whose largest lesion is a macro-metastasis, a "
                    "micro-metastasis, isolated tumour cells [default: 0.5 0.4 0.1].")
-@click.option("--workers", type=click.IntRange(1), default=None,
+@click.option("--workers", type=Number(integer=True, minimum=1, maximum=1024), default=None,
               help="--preset camelyon16: slides written in parallel processes; default: CPU cores (the files do "
                    "not depend on it).")
-@click.option("--width", default=8192, show_default=True, help="Level-0 width in pixels.")
-@click.option("--height", default=8192, show_default=True, help="Level-0 height in pixels.")
-@click.option("--mpp", default=0.25, show_default=True, help="Level-0 µm/px (0.25 = 40x, 0.5 = 20x).")
+@click.option("--width", default=8192, show_default=True, type=Number(integer=True, minimum=256, maximum=200_000),
+              help="Level-0 width in pixels.")
+@click.option("--height", default=8192, show_default=True, type=Number(integer=True, minimum=256, maximum=200_000),
+              help="Level-0 height in pixels.")
+@click.option("--mpp", default=0.25, show_default=True, type=MPP, help="Level-0 µm/px (0.25 = 40x, 0.5 = 20x).")
 @click.option("--with-tumor/--no-tumor", default=False, help="Single slide: paint tumour regions.")
 @click.option("--pen/--no-pen", default=False, help="Draw blue/green/black pen marks.")
-@click.option("--seed", default=0, show_default=True, help="Same seed, same slide (same files, byte for byte).")
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Same seed, same slide (same files, byte for byte).")
 def synth(out, dataset, preset, n_normal, n_tumor, test_normal, test_tumor, difficulty, slide_mm, lesion_mix,
           workers, width, height, mpp, with_tumor, pen, seed):
     """Write synthetic H&E-like slides (Aperio SVS that OpenSlide and tiffslide read), with ground truth.
@@ -153,18 +159,18 @@ def _tissue_options(f):
         click.option("--tissue-method", type=click.Choice(list(TISSUE_METHODS)), default=_TISSUE.method,
                      show_default=True, help="Tissue threshold on the blurred HSV saturation: 'otsu' per slide "
                      "(never below --tissue-threshold), or 'fixed' at --tissue-threshold."),
-        click.option("--tissue-threshold", type=click.FloatRange(0, 1), default=_TISSUE.min_saturation,
+        click.option("--tissue-threshold", type=FRACTION, default=_TISSUE.min_saturation,
                      show_default=True, help="Saturation (0-1) separating tissue from glass: the lowest threshold "
                      "Otsu may choose, or the threshold of --tissue-method fixed (CLAM's sthresh 8 is 0.031)."),
-        click.option("--tissue-blur", type=click.FloatRange(0), default=_TISSUE.blur_sigma_um, show_default=True,
+        click.option("--tissue-blur", type=NON_NEGATIVE, default=_TISSUE.blur_sigma_um, show_default=True,
                      help="Gaussian blur of the saturation before thresholding, sigma in µm."),
-        click.option("--tissue-closing", type=click.FloatRange(0), default=_TISSUE.close_um, show_default=True,
+        click.option("--tissue-closing", type=NON_NEGATIVE, default=_TISSUE.close_um, show_default=True,
                      help="Morphological closing radius in µm: gaps and bays in the tissue narrower than about "
                      "twice this are filled (0: none)."),
-        click.option("--tissue-min-area", type=click.FloatRange(0), default=_TISSUE.min_tissue_area_um2,
+        click.option("--tissue-min-area", type=NON_NEGATIVE, default=_TISSUE.min_tissue_area_um2,
                      show_default=True, help="Tissue pieces smaller than this many µm² are dropped as debris "
                      "(1 mm² = 1,000,000 µm²)."),
-        click.option("--tissue-min-hole-area", type=click.FloatRange(0), default=_TISSUE.min_hole_area_um2,
+        click.option("--tissue-min-hole-area", type=NON_NEGATIVE, default=_TISSUE.min_hole_area_um2,
                      show_default=True, help="Holes in the tissue smaller than this many µm² are filled."),
         click.option("--tissue-holes/--no-tissue-holes", default=_TISSUE.keep_holes, show_default=True,
                      help="Keep holes (glass enclosed by tissue) out of the tissue; --no-tissue-holes fills them "
@@ -184,13 +190,13 @@ def _tissue_options(f):
 
 @click.command()
 @click.argument("slides", nargs=-1, required=True)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder of slide stores.")
+@out_folder("Folder of slide stores.")
 @tiling_options
 @_tissue_options
-@click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
+@click.option("--mpp", type=MPP, default=None, help="Level-0 µm/px for slides that carry none.")
 @click.option("--save-patches/--no-save-patches", default=True, show_default=True,
               help="Store RGB patches (otherwise only coordinates; embedding then reads the slide).")
-@click.option("--workers", type=int, default=None,
+@click.option("--workers", type=Number(integer=True, minimum=1, maximum=1024), default=None,
               help="Local workers per slide: processes on Linux, threads elsewhere (default: CPU cores).")
 @stain_option("Normalise the stored patches (stain estimated once per slide).")
 @stain_reference_option
@@ -210,7 +216,10 @@ def _tissue_options(f):
                    "tile's level-0 top-left corner), like TRIDENT's --dump_patches; files already there are kept.")
 @click.option("--dump-format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
               help="Format of --dump-patches files: png (lossless) or jpg (quality 90, faster, smaller).")
-@click.option("--overwrite", is_flag=True, help="Rebuild stores made from another slide or other parameters.")
+@click.option("--overwrite", is_flag=True, help="Rebuild stores made from another slide or other parameters "
+              "(every store of the batch is rebuilt), and let the QC images, tissue GeoJSON and run record replace "
+              "files of those names that slidestream did not write (refused otherwise). The slides are never "
+              "written.")
 @max_pixels_option
 def tile(slides, out, target_mpp, tile_size, overlap, min_tissue, keep_rule, tissue_method, tissue_threshold,
          tissue_blur, tissue_closing, tissue_min_area, tissue_min_hole_area, tissue_holes, pen_filter,

@@ -36,12 +36,15 @@ from safetensors.torch import save as st_save
 
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write
+from .checkpoint_config import (check_finite, check_meta, check_temperature, check_weights, config_spec,
+                                safetensors_header)
 from .heads import MILEnsemble, MILHead, get_head
 
 if TYPE_CHECKING:
     from .train import TrainConfig
 
-__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_classes", "WEIGHTS_NAME", "CONFIG_NAME"]
+__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_classes", "checkpoint_files", "is_checkpoint",
+           "WEIGHTS_NAME", "CONFIG_NAME"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -94,23 +97,29 @@ def save_checkpoint(path: str | os.PathLike, model: MILHead | MILEnsemble | list
     Raises
     ------
     ConfigError
-        ``meta``/``config`` not JSON-serialisable, a model not built by :func:`get_head`, or ``classes`` that are
-        not ``K`` distinct names or the indices ``0 … K-1``.
+        ``meta``/``config`` not JSON-serialisable, a model not built by :func:`get_head`, ``classes`` that are
+        not ``K`` distinct names or the indices ``0 … K-1``, or a temperature outside
+        :data:`~slidestream.mil.checkpoint_config.TEMPERATURE_RANGE`.
+
+    Notes
+    -----
+    The bytes written depend only on the model, ``config``, ``meta``, ``temperature`` and ``classes``: saving the
+    same weights twice, in one process or in two, gives identical files (the safetensors header's metadata, which
+    the writer orders differently from process to process, is put in sorted order), so a checkpoint's SHA-256
+    identifies it.
     """
     directory = _checkpoint_dir(path)
     if isinstance(model, (list, tuple)):
         model = MILEnsemble(list(model))
     if not isinstance(model, (MILHead, MILEnsemble)) or not model.head_name:
         raise ConfigError("save_checkpoint needs a head built by slidestream.mil.get_head (or an ensemble of them)")
-    temperature = float(getattr(model, "temperature", 1.0) if temperature is None else temperature)
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    temperature = check_temperature(getattr(model, "temperature", 1.0) if temperature is None else temperature)
     train_config = config.to_dict() if hasattr(config, "to_dict") else config
     classes = _check_classes(classes if classes is not None else getattr(model, "classes", None), model.n_classes,
                              "classes")
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    weights = st_save(state, metadata={"format": "pt", "slidestream_head": model.head_name})
+    weights = _canonical_safetensors(st_save(state, metadata={"format": "pt", "slidestream_head": model.head_name}))
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -160,7 +169,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     ------
     CheckpointError
         Pickle-based or otherwise non-safetensors weights, a missing or damaged file, weights that do not
-        match the config (hash, names or shapes).
+        match the config (hash, names or shapes), or a config key of the wrong type, out of range or not finite
+        (see :mod:`slidestream.mil.checkpoint_config`; the message names the file and the key).
     """
     directory = _checkpoint_dir(path)
     if not directory.is_dir():
@@ -174,45 +184,35 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         doc = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: unreadable checkpoint config ({exc}); re-save the checkpoint") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_path}: not a slidestream MIL checkpoint config")
-    if doc.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{cfg_path}: written by a newer slidestream (format {doc['format_version']}); upgrade")
+    spec = config_spec(doc, cfg_path, FORMAT, FORMAT_VERSION)
 
-    weights_name = str(doc.get("weights", WEIGHTS_NAME))
-    weights_path = directory / weights_name
-    if Path(weights_name).name != weights_name or not weights_name.endswith(".safetensors"):
-        raise CheckpointError(f"{cfg_path}: weights must be a .safetensors file in the same directory")
+    weights_path = directory / spec.weights
     try:
         data = weights_path.read_bytes()
     except OSError as exc:
         raise CheckpointError(f"{weights_path}: cannot read weights ({exc.strerror}); re-save the checkpoint") from exc
     _refuse_non_safetensors(weights_path, data)
-    if doc.get("weights_sha256") and hashlib.sha256(data).hexdigest() != doc["weights_sha256"]:
+    if spec.weights_sha256 and hashlib.sha256(data).hexdigest() != spec.weights_sha256:
         raise CheckpointError(
             f"{weights_path}: weights do not match {CONFIG_NAME} (hash differs); re-save the checkpoint"
         )
+    ensemble = check_weights(spec, safetensors_header(data, weights_path), cfg_path, weights_path)
+    meta = check_meta(doc.get("meta"), cfg_path, spec.in_dim, spec.ensemble_size)
     try:
         state = st_load(data)
     except (SafetensorError, ValueError) as exc:
         raise CheckpointError(f"{weights_path}: damaged safetensors file ({exc}); re-save the checkpoint") from exc
+    check_finite(state, weights_path)
 
-    try:
-        heads = [
-            get_head(doc["head"], int(doc["in_dim"]), int(doc["n_classes"]), **dict(doc.get("head_kwargs") or {}))
-            for _ in range(int(doc.get("ensemble_size", 1)))
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{cfg_path}: cannot rebuild the head ({exc}); a checkpoint written before the head "
-                              "changed (the DSMIL, TransMIL and CLAM heads were brought to their reference code) "
-                              "must be retrained") from exc
-    model: MILHead | MILEnsemble = heads[0] if len(heads) == 1 else MILEnsemble(heads)
+    # The sizes agree with the stored tensors (check_weights), so building the heads allocates what the file holds.
+    heads = [get_head(spec.head, spec.in_dim, spec.n_classes, **spec.head_kwargs) for _ in range(spec.ensemble_size)]
+    model: MILHead | MILEnsemble = MILEnsemble(heads) if ensemble else heads[0]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{weights_path}: weights do not fit head {doc['head']!r} (retrain a checkpoint "
+        raise CheckpointError(f"{weights_path}: weights do not fit head {spec.head!r} (retrain a checkpoint "
                               f"written before the head changed): {exc}") from exc
-    model.temperature = float(doc.get("temperature", 1.0))
+    model.temperature = spec.temperature
     try:
         model.classes = _check_classes(doc.get("classes"), model.n_classes, f"{cfg_path}: classes")
     except ConfigError as exc:
@@ -225,9 +225,30 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
 
         try:
             config = TrainConfig.from_dict(doc["train_config"])
-        except ConfigError as exc:
-            raise CheckpointError(f"{cfg_path}: invalid train_config ({exc})") from exc
-    return model, config, dict(doc.get("meta") or {})
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{cfg_path}: train_config: {exc}; re-save the checkpoint") from exc
+    return model, config, dict(meta)
+
+
+def checkpoint_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The weights and config files :func:`save_checkpoint` writes for ``path`` (a folder, or a file in it)."""
+    directory = _checkpoint_dir(path)
+    return directory / WEIGHTS_NAME, directory / CONFIG_NAME
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (a folder, or a file in it) holds a checkpoint :func:`save_checkpoint` wrote: a
+    ``config.json`` of this format whose ``weights_sha256`` is the SHA-256 of the weights file it names."""
+    try:
+        directory = _checkpoint_dir(path)
+        doc = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or not doc.get("weights_sha256"):
+            return False
+        weights = directory / str(doc.get("weights", WEIGHTS_NAME))
+        with open(weights, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == doc["weights_sha256"]
+    except (OSError, ValueError, CheckpointError):
+        return False
 
 
 def checkpoint_classes(path: str | os.PathLike) -> list[int | str]:
@@ -241,11 +262,12 @@ def checkpoint_classes(path: str | os.PathLike) -> list[int | str]:
     cfg_path = _checkpoint_dir(path) / CONFIG_NAME
     try:
         doc = json.loads(cfg_path.read_text(encoding="utf-8"))
-        n_classes = int(doc["n_classes"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: not a readable slidestream checkpoint config ({exc})") from exc
+    # the same checks as loading: a hostile n_classes must not become a list of a billion indices
+    spec = config_spec(doc, cfg_path, FORMAT, FORMAT_VERSION)
     try:
-        return _check_classes(doc.get("classes"), n_classes, f"{cfg_path}: classes")
+        return _check_classes(doc.get("classes"), spec.n_classes, f"{cfg_path}: classes")
     except ConfigError as exc:
         raise CheckpointError(f"{exc}; re-save the checkpoint") from exc
 
@@ -285,3 +307,20 @@ def _refuse_non_safetensors(path: Path, data: bytes) -> None:
     header_len = int.from_bytes(data[:8], "little")
     if not 2 <= header_len <= len(data) - 8 or data[8:9] != b"{":
         raise CheckpointError(f"{path}: not a safetensors file; re-save the checkpoint")
+
+
+def _canonical_safetensors(data: bytes) -> bytes:
+    """``data`` with the header's ``__metadata__`` in sorted key order.
+
+    The safetensors writer keeps the metadata in a hash map whose order changes from process to process, so the
+    same weights would otherwise give files with different bytes (and SHA-256). The header keeps its length (the
+    same keys and values, reordered), so the tensors' offsets are unchanged.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | header
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    if len(text) > n:  # never: the same content, reordered; keep the writer's bytes rather than move the tensors
+        return data
+    return data[:8] + text + b" " * (n - len(text)) + data[8 + n:]

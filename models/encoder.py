@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from .registry import EncoderPreset, get_preset
 from .weights import build_backbone
 
-__all__ = ["Encoder", "create_encoder", "pool_features", "resolve_dtype"]
+__all__ = ["Encoder", "check_device_available", "create_encoder", "pool_features", "resolve_dtype"]
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
            "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -199,6 +199,27 @@ class Encoder(nn.Module):
                 f"dtype={self.compute_dtype}")
 
 
+def check_device_available(device: torch.device) -> None:
+    """Refuse a CUDA or MPS device this machine does not have, before a model is moved there (PyTorch's own error
+    comes from deep inside the first copy).
+
+    Raises
+    ------
+    ConfigError
+        Naming the device and what to use instead.
+    """
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine (no NVIDIA GPU or driver, "
+                              "or a PyTorch built without CUDA); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+                              f"cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: Apple MPS is not available on this machine; use --device cpu")
+
+
 def create_encoder(name: str | EncoderPreset, *, weights: str | os.PathLike = "hub",
                    device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                    compile: bool = False, trust_remote_code: bool = False) -> Encoder:
@@ -238,6 +259,7 @@ def create_encoder(name: str | EncoderPreset, *, weights: str | os.PathLike = "h
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"device {device!r} is not a torch device ({exc})") from exc
+    check_device_available(dev)
     compute_dtype = resolve_dtype(dtype, preset, dev)
     is_none = isinstance(weights, str) and weights == "none"
     if dev.type == "meta" and not is_none and preset.traits.has_weights:

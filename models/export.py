@@ -67,7 +67,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_path
 from ..store import SlideStore
 
-__all__ = ["FORMATS", "LAYOUTS", "clam_coord_attrs", "export_features", "trident_coord_attrs"]
+__all__ = ["FORMATS", "LAYOUTS", "clam_coord_attrs", "export_features", "export_paths", "trident_coord_attrs"]
 
 FORMATS = ("h5", "pt")
 LAYOUTS = ("flat", "clam", "trident")
@@ -180,6 +180,34 @@ def _write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict[str, dict
     return path
 
 
+def _folders(out_dir: Path, slide_id: str, encoder_name: str, layout: str) -> tuple[Path, Path, Path | None]:
+    """(features folder, .pt folder, coordinates file or None) of a layout."""
+    if layout == "clam":
+        return out_dir / "h5_files", out_dir / "pt_files", out_dir / "patches" / f"{slide_id}.h5"
+    if layout == "trident":
+        feat_dir = out_dir / f"features_{encoder_name}"
+        return feat_dir, feat_dir, out_dir / "patches" / f"{slide_id}_patches.h5"
+    return out_dir, out_dir, None
+
+
+def export_paths(slide_id: str, encoder_name: str, out_dir: str | os.PathLike, formats: Iterable[str] = FORMATS, *,
+                 layout: str = "flat") -> dict[str, Path]:
+    """The files :func:`export_features` writes for one slide: ``{"h5", "coords", "pt"}`` as the layout and
+    formats have them."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    feat_dir, pt_dir, coords_path = _folders(Path(out_dir), slide_id, encoder_name, layout)
+    formats = tuple(formats)
+    out: dict[str, Path] = {}
+    if "h5" in formats:
+        out["h5"] = feat_dir / f"{slide_id}.h5"
+        if coords_path is not None:
+            out["coords"] = coords_path
+    if "pt" in formats:
+        out["pt"] = pt_dir / f"{slide_id}.pt"
+    return out
+
+
 def export_features(
     store: SlideStore | str | os.PathLike,
     encoder_name: str,
@@ -233,16 +261,10 @@ def export_features(
     coords = np.asarray(store.coords, dtype=np.int64).reshape(-1, 2)
     out_dir = Path(out_dir)
     sid = store.slide_id
+    feat_dir, pt_dir, coords_path = _folders(out_dir, sid, encoder_name, layout)
     if layout == "clam":
-        feat_dir, pt_dir, coords_path = out_dir / "h5_files", out_dir / "pt_files", out_dir / "patches" / f"{sid}.h5"
         coord_attrs = clam_coord_attrs(store, out_dir / "patches")
-    elif layout == "trident":
-        feat_dir = pt_dir = out_dir / f"features_{encoder_name}"
-        coords_path = out_dir / "patches" / f"{sid}_patches.h5"
-        coord_attrs = trident_coord_attrs(store, out_dir)
     else:
-        feat_dir = pt_dir = out_dir
-        coords_path = None
         coord_attrs = trident_coord_attrs(store, out_dir)
     written: dict[str, Path] = {}
 

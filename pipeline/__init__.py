@@ -14,6 +14,7 @@ import importlib
 _WHERE = {
     "Bag": "bags", "labelled_bags": "bags", "load_bag": "bags",
     "BenchConfig": "bench", "BenchResult": "bench", "benchmark_inputs": "bench", "run_benchmark": "bench",
+    "ClassSet": "classes", "class_set_for": "classes", "evaluate_predictions": "class_metrics",
     "LOCAL_CLUSTER": "cluster", "batch_client": "cluster", "run_on_cluster": "cluster",
     "DemoConfig": "demo", "DemoResult": "demo", "run_demo": "demo",
     "embed_batch": "embed", "embed_store_job": "embed",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import StoreError
 from ..store import SlideStore
 from .inputs import SlideInput
 from .records import SlideOutcome
@@ -38,11 +39,17 @@ def load_bag(store_path: Path, encoder_name: str, label: int | None = None) -> B
 
 def labelled_bags(inputs: list[SlideInput], stores_dir: Path, encoder_name: str, reporter: Reporter,
                   ) -> tuple[list[Bag], list[SlideOutcome]]:
-    """Bags of every input whose store holds complete ``features/<encoder_name>``; failures are reported."""
+    """Bags of every input whose store holds complete ``features/<encoder_name>`` of at least one tile; the others
+    fail (reported, left out)."""
     bags: list[Bag] = []
 
     def one(it: SlideInput) -> dict:
         bag = load_bag(stores_dir / f"{it.slide_id}.zarr", encoder_name, it.label)
+        if not len(bag.features):
+            # a head cannot pool zero tiles: the slide is left out here, named, instead of failing the training
+            raise StoreError(f"{bag.store}: no tissue tiles (tiling kept none), so the slide is left out; look at "
+                             "its QC image (qc/<slide_id>.jpg), then re-tile it with other tissue settings "
+                             "(--tissue-threshold, --min-tissue, --tissue-overrides) if it does hold tissue")
         bag.meta = dict(it.meta, split=it.split or "")
         bags.append(bag)
         return {"tiles": len(bag.features)}

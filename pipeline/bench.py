@@ -37,9 +37,10 @@ from ..evaluation.plots import FROC_KEYS
 from ..evaluation.detections import detections_from_tiles, write_detections_csv
 from ..evaluation.froc import L0_MPP
 from ..evaluation.froc_files import evaluate_froc_dirs
-from ..fileio import atomic_write, strict_json, write_json
+from ..fileio import (OutputGuard, adopt_legacy, atomic_write, file_sha256, output_folder, protect_inputs,
+                      strict_json, write_json)
 from ..mil import TrainConfig
-from ..mil.checkpoint import checkpoint_classes, load_checkpoint
+from ..mil.checkpoint import checkpoint_classes, checkpoint_files, is_checkpoint, load_checkpoint
 from ..store import SlideStore
 from ..tiling.grid import TilingParams
 from .class_metrics import evaluate_predictions, multiclass_report_lines
@@ -183,10 +184,12 @@ def _lesion_confidence(store: SlideStore, model_name: str, probability: float) -
 
 
 def write_detections(stores: list[Path], rows: list[dict], model_name: str, out_dir: Path, config: BenchConfig,
-                     ) -> dict[str, Path]:
-    """Official ``confidence,X,Y`` CSVs (and QuPath point files) of lesion detections for every test slide."""
+                     guard: OutputGuard | None = None) -> dict[str, Path]:
+    """Official ``confidence,X,Y`` CSVs (and QuPath point files) of lesion detections for every test slide;
+    ``guard`` (default: no ``overwrite``) refuses to replace files slidestream did not write."""
+    guard = guard or OutputGuard()
     probs = {r["slide_id"]: r["calibrated_probability"] for r in rows}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir)
     written = {}
     for path in stores:
         store = SlideStore.open(path)
@@ -198,11 +201,13 @@ def write_detections(stores: list[Path], rows: list[dict], model_name: str, out_
         # the QuPath points keep only the confident ones.
         pts, c = detections_from_tiles(store.coords, store.tiling["extent0"], conf, min_score=1e-3,
                                        nms_radius_um=config.nms_radius_um, mpp=store.slide["mpp"])
-        written[sid] = write_detections_csv(out_dir / f"{sid}.csv", pts, c)
+        guard.check_all([out_dir / f"{sid}.csv", out_dir / f"{sid}.points.geojson"])
+        with guard.writing(out_dir / f"{sid}.csv") as target:
+            written[sid] = write_detections_csv(target, pts, c)
         bx, by, bw, bh = store.slide["bounds"]
         keep = c >= config.min_detection_score
-        write_geojson(out_dir / f"{sid}.points.geojson",
-                      point_features(pts[keep], c[keep], offset=(bx, by), slide_size=(bw, bh)))
+        with guard.writing(out_dir / f"{sid}.points.geojson") as target:
+            write_geojson(target, point_features(pts[keep], c[keep], offset=(bx, by), slide_size=(bw, bh)))
     return written
 
 
@@ -219,29 +224,39 @@ def _versions() -> dict:
     return out
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _is_bench_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``bench.json`` slidestream wrote (by its content)."""
+    try:
+        doc = json.loads((folder / "bench.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("software"), dict) and "slidestream" in doc["software"]
 
 
 # ---------------------------------------------------------------------------------------------------- the run
 def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | os.PathLike,
                   config: BenchConfig | None = None, *, reporter: Reporter | None = None,
-                  max_pixels: int | None = None) -> BenchResult:
+                  max_pixels: int | None = None, overwrite: bool = False) -> BenchResult:
     """Run a whole CAMELYON16-style benchmark into ``out_dir`` (resumable at every stage); ``max_pixels`` is the
-    pixel budget slides are opened with (:func:`slidestream.wsi.open_slide`; it does not change the numbers)."""
+    pixel budget slides are opened with (:func:`slidestream.wsi.open_slide`; it does not change the numbers).
+
+    Files in ``out_dir`` that slidestream did not write (or that were changed since) are not replaced unless
+    ``overwrite``; those of the report are checked before any work. The benchmark's own checkpoint
+    (``out_dir/model``) is retrained in place when its inputs changed."""
     t0 = time.perf_counter()
     config = config or BenchConfig()
     if not (isinstance(config.froc_mpp, (int, float)) and np.isfinite(config.froc_mpp) and config.froc_mpp > 0):
         raise ConfigError(f"froc_mpp must be a positive number of µm/px (official CAMELYON16: {L0_MPP}), "
                           f"got {config.froc_mpp!r}")
     reporter = reporter or QuietReporter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir, create=False)
+    # a benchmark folder of a version without ledgers: its outputs are adopted, so it resumes as before
+    guard = OutputGuard(overwrite, adopt=adopt_legacy(out_dir, _is_bench_folder))
     inputs = source if isinstance(source, list) else benchmark_inputs(source)
+    protect_inputs(p for it in inputs for p in (it.path, it.annotation))
+    guard.check_all(out_dir / n for n in ("predictions.csv", "roc.png", "froc.png", "bench.json", "report.md"))
+    guard.check_all(checkpoint_files(out_dir / "model"), recognise=is_checkpoint)
+    output_folder(out_dir)
     inputs = assign_holdout(inputs, config.test_fraction)
     train = [it for it in inputs if it.split != "test" and it.label is not None]
     test = [it for it in inputs if it.split == "test"]
@@ -274,16 +289,22 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
         reporter.log(f"checkpoint {checkpoint} is up to date: training skipped")
     else:
         train_from_stores(train, stores_dir, config.encoder, checkpoint, train_cfg, folds=config.folds,
-                          meta={"bench_fingerprint": fingerprint}, reporter=reporter, classes=config.classes)
+                          meta={"bench_fingerprint": fingerprint}, reporter=reporter, classes=config.classes,
+                          overwrite=overwrite, replace_own=True)
 
     test_stores = [p for p in store_paths(stores_dir, [it.slide_id for it in test]) if p.exists()]
     model_name = "bench"
     rows, _ = predict_stores(test_stores, checkpoint, model_name=model_name, reporter=reporter)
     describe_rows(rows, test)
-    predictions_csv = write_predictions_csv(out_dir / "predictions.csv", rows)
+    with guard.writing(out_dir / "predictions.csv") as target:
+        predictions_csv = write_predictions_csv(target, rows)
     classes = ClassSet(tuple(checkpoint_classes(checkpoint)))
+    if not classes.binary:
+        guard.check(out_dir / "confusion.png")
     ev = evaluate_predictions(rows, test, classes, out_dir, seed=config.seed, n_bootstrap=1000, reliability=False,
                               title=f"{config.encoder} + {config.head}: test slides")
+    if ev is not None:
+        guard.record(*ev.plots.values())
     # test slides without labels (a CAMELYON16 copy without reference.csv) leave the slide metrics undefined
     metrics = ev.metrics if ev is not None else (
         binary_metrics([], [], n_bootstrap=0) if classes.binary
@@ -302,34 +323,42 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
         reporter.log(f"lesion FROC and detections skipped: {froc_skipped}")
     elif annotated:
         det_dir = out_dir / "detections"
-        write_detections(test_stores, rows, model_name, det_dir, config)
-        gt_dir = out_dir / "ground_truth"
-        gt_dir.mkdir(exist_ok=True)
+        write_detections(test_stores, rows, model_name, det_dir, config, guard)
+        gt_dir = output_folder(out_dir / "ground_truth")
+        copies = {sid: gt_dir / f"{sid}{''.join(Path(ann).suffixes)}" for sid, ann in annotated.items()}
+        guard.check_all(copies.values())
         for sid, ann in annotated.items():
-            target = gt_dir / f"{sid}{''.join(Path(ann).suffixes)}"
-            if not target.exists():
-                target.write_bytes(Path(ann).read_bytes())
+            # compared on every run: an annotation corrected since the last run must not be evaluated stale
+            if copies[sid].is_file() and file_sha256(copies[sid]) == file_sha256(ann):
+                if not guard.is_own(copies[sid]):
+                    guard.record(copies[sid])  # the annotation's own bytes: a copy made before the ledgers
+                continue
+            with guard.writing(copies[sid]) as target:
+                atomic_write(target, Path(ann).read_bytes())
         sizes = {SlideStore.open(s).slide_id: tuple(SlideStore.open(s).slide["dimensions"]) for s in test_stores}
         froc = evaluate_froc_dirs(det_dir, gt_dir, mpp=config.froc_mpp, slide_sizes=sizes)
-        plot_froc(froc, out_dir / "froc.png")
+        with guard.writing(out_dir / "froc.png") as target:
+            plot_froc(froc, target)
 
     seconds = time.perf_counter() - t0
     weights_file = checkpoint / "model.safetensors"
-    record = write_json(out_dir / "bench.json", strict_json({
-        "software": _versions(),
-        "config": config.to_dict(),
-        "checkpoint": {"path": str(checkpoint), "sha256": _file_hash(weights_file)},
-        "encoder_weights": json.loads((checkpoint / "config.json").read_text()).get("meta", {}).get(
-            "feature_attrs", {}).get("weights"),
-        "splits": {"train": [it.slide_id for it in train], "test": [it.slide_id for it in test]},
-        "metrics": metrics,
-        "froc": None if froc is None else {k: froc[k] for k in ("sensitivity", "froc", "defined", "mpp")},
-        **({"froc_skipped": froc_skipped} if froc_skipped else {}),
-        "classes": classes.to_json(),
-        "predictions": rows,
-        "seconds": seconds,
-    }))
-    report = _write_report(out_dir, config, metrics, froc, rows, seconds, record, classes, froc_skipped)
+    with guard.writing(out_dir / "bench.json") as target:
+        record = write_json(target, strict_json({
+            "software": _versions(),
+            "config": config.to_dict(),
+            "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(weights_file)},
+            "encoder_weights": json.loads((checkpoint / "config.json").read_text()).get("meta", {}).get(
+                "feature_attrs", {}).get("weights"),
+            "splits": {"train": [it.slide_id for it in train], "test": [it.slide_id for it in test]},
+            "metrics": metrics,
+            "froc": None if froc is None else {k: froc[k] for k in ("sensitivity", "froc", "defined", "mpp")},
+            **({"froc_skipped": froc_skipped} if froc_skipped else {}),
+            "classes": classes.to_json(),
+            "predictions": rows,
+            "seconds": seconds,
+        }))
+    with guard.writing(out_dir / "report.md"):
+        report = _write_report(out_dir, config, metrics, froc, rows, seconds, record, classes, froc_skipped)
     return BenchResult(out_dir=out_dir, auc=auc, metrics=metrics, froc=froc, report=report, record=record,
                        checkpoint=checkpoint, predictions_csv=predictions_csv, seconds=seconds, classes=classes,
                        froc_skipped=froc_skipped)

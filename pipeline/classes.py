@@ -15,7 +15,8 @@ their own indices: the classes are ``0 … K-1`` with ``K = max(label) + 1`` (at
 ``--classes A,B,C`` when given, else sorted (``LUAD, LUSC``; ``Normal, Tumor``). For two classes the second is the
 *positive* class: the ``probability`` column is the probability of ``classes[1]`` (``Tumor`` for
 ``Normal, Tumor``); sorting would make ``Normal`` positive in ``Metastasis, Normal``, so pass
-``--classes Normal,Metastasis`` there. The order is stored in the checkpoint (``config.json``, ``classes``) and prediction uses it.
+``--classes Normal,Metastasis`` there. The order is stored in the checkpoint (``config.json``, ``classes``) and
+prediction uses it.
 
 Prediction columns
 ------------------
@@ -34,8 +35,8 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 
-__all__ = ["ClassSet", "check_duplicate_rows", "check_manifest_labels", "class_set_for", "parse_classes_option", "parse_label",
-           "probability_columns"]
+__all__ = ["ClassSet", "check_duplicate_rows", "check_manifest_labels", "class_set_for", "parse_classes_option",
+           "parse_label", "probability_columns"]
 
 Label = int | str
 

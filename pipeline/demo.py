@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..fileio import OutputGuard, adopt_legacy, output_folder
 from ..synth import SynthConfig, write_synthetic_dataset
 from ..tiling.grid import TilingParams
-from .bench import BenchConfig, run_benchmark
+from .bench import BenchConfig, _is_bench_folder, run_benchmark
 from .outputs import write_slide_outputs
 from .reporting import QuietReporter, Reporter
 from .runner import run_per_slide
@@ -62,29 +63,43 @@ class DemoResult:
 
 
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
-             reporter: Reporter | None = None) -> DemoResult:
+             reporter: Reporter | None = None, overwrite: bool = False) -> DemoResult:
     """Run the whole demo into ``out_dir``; every stage resumes if the folder already holds its results.
 
     The numbers come from :func:`slidestream.pipeline.bench.run_benchmark` (the same code as ``slidestream bench``);
-    the demo adds QuPath GeoJSON and PNG heatmaps for the held-out slides.
+    the demo adds QuPath GeoJSON and PNG heatmaps for the held-out slides. Files in ``out_dir`` that slidestream
+    did not write are not replaced unless ``overwrite`` (the synthetic slides go into ``out_dir/slides`` only when
+    it holds none of the user's files).
     """
     t0 = time.perf_counter()
     config = config or DemoConfig()
     reporter = reporter or QuietReporter()
-    out_dir = Path(out_dir)
+    out_dir = output_folder(out_dir)
+    guard = OutputGuard(overwrite, adopt=adopt_legacy(out_dir, _is_bench_folder))  # a demo folder of old
     data_dir = out_dir / "slides"
     labels = data_dir / "labels.csv"
     if not labels.is_file():
+        # the data set is written over whatever is in the folder: only into one that holds nothing of the user's
+        present = [p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith(".")] \
+            if data_dir.is_dir() else []
+        guard.check_all(present)
         synth = SynthConfig(width=config.slide_size, height=config.slide_size, mpp=config.slide_mpp,
                             tumor_diameter_um=(400.0, 900.0), n_tumors=2)
         n = config.n_normal + config.n_tumor
+
+        def written(i: int, n_: int, name: str) -> None:
+            # recorded slide by slide: an interrupted synthesis is the demo's own to redo on a rerun
+            guard.record(*(p for p in data_dir.rglob(f"{name}.*") if p.is_file()))
+            t.update(i, n_)
+
         with reporter.task(f"synthesise {n} slides", n) as t:
             write_synthetic_dataset(data_dir, config.n_normal, config.n_tumor, config=synth, seed=config.seed,
-                                    pen_fraction=0.25, progress=lambda i, n_, name: t.update(i, n_))
+                                    pen_fraction=0.25, progress=written)
+        guard.record(*(p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith(".")))
     bench = BenchConfig(encoder=config.encoder, weights="none", head=config.head, folds=config.folds,
                         epochs=config.epochs, seed=config.seed, test_fraction=config.test_fraction,
                         tiling=config.tiling)
-    res = run_benchmark(data_dir, out_dir, bench, reporter=reporter)
+    res = run_benchmark(data_dir, out_dir, bench, reporter=reporter, overwrite=overwrite)
     with open(res.predictions_csv, newline="") as f:
         rows = [dict(r) for r in csv.DictReader(f)]
     outputs: dict[str, dict[str, Path]] = {}
@@ -92,7 +107,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
     def one(row: dict) -> dict:
         outputs[row["slide_id"]] = write_slide_outputs(
             out_dir / "stores" / f"{row['slide_id']}.zarr", "bench", out_dir / "test", slide_path=row["slide"],
-            probability=float(row["calibrated_probability"]), threshold=0.5)
+            probability=float(row["calibrated_probability"]), threshold=0.5, guard=guard)
         return {}
 
     run_per_slide(rows, "GeoJSON + heatmaps", one, reporter, label=lambda r: r["slide_id"], path=lambda r: r["slide"])

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import ConfigError
+from ..fileio import protect_inputs
 from ..wsi import file_fingerprint, slide_id_from_path
 from ..wsi.identity import legacy_slide_id
 from .classes import check_duplicate_rows, check_manifest_labels, parse_label
@@ -143,8 +144,13 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, mpp: float | None = N
     for raw in inputs:
         p = Path(raw)
         if p.suffix.lower() == ".csv" and p.is_file():
+            protect_inputs([p])  # no output of this process may replace the manifest
             marked: set[int] = set()
-            rows = _from_manifest(p, marked)
+            try:
+                rows = _from_manifest(p, marked)
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise ConfigError(f"{p}: not a readable CSV manifest ({exc}); save it as UTF-8 text, one slide per "
+                                  "row under a header such as 'slide,label'") from None
             given.update(len(items) + k for k in marked)
             items.extend(rows)
         elif p.is_dir():

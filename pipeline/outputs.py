@@ -10,7 +10,7 @@ import numpy as np
 
 from ..annotations import region_features, tile_features, tumor_regions, write_geojson
 from ..errors import ConfigError
-from ..fileio import remove_stale_temps
+from ..fileio import OutputGuard, output_folder, remove_stale_temps
 from ..store import SlideStore
 from ..tiling.regions import tissue_polygons
 from ..viz.heatmap import render_heatmap
@@ -19,11 +19,11 @@ from ..mil.checkpoint import checkpoint_classes
 from .class_metrics import row_caption
 from .classes import ClassSet
 from .predict import predict_stores
-from .records import SlideOutcome
+from .records import SlideOutcome, is_run_record, write_run_record
 from .reporting import QuietReporter, Reporter
 from .runner import run_per_slide
 
-__all__ = ["TISSUE_COLOR", "grid_geometry", "heatmap_batch", "write_slide_outputs"]
+__all__ = ["TISSUE_COLOR", "grid_geometry", "heatmap_batch", "slide_output_paths", "write_slide_outputs"]
 
 TISSUE_COLOR = (80, 200, 120)
 
@@ -50,24 +50,35 @@ def grid_geometry(tiling: dict, slide_mpp: float) -> tuple[float, float]:
     return size * scale0, (size - overlap) * scale0
 
 
+def slide_output_paths(out_dir: str | os.PathLike, slide_id: str,
+                       formats: tuple[str, ...] = ("geojson", "png")) -> list[Path]:
+    """The files :func:`write_slide_outputs` writes for a slide: ``<slide_id>.geojson``, ``<slide_id>.heatmap.png``."""
+    names = {"geojson": f"{slide_id}.geojson", "png": f"{slide_id}.heatmap.png"}
+    return [Path(out_dir) / names[f] for f in formats if f in names]
+
+
 def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.PathLike, *,
                         slide_path: str | os.PathLike | None = None, probability: float | None = None,
                         threshold: float | None = None, mpp: float | None = None,
                         formats: tuple[str, ...] = ("geojson", "png"), column: str | None = None,
-                        caption: str | None = None) -> dict[str, Path]:
+                        caption: str | None = None, guard: OutputGuard | None = None) -> dict[str, Path]:
     """QuPath GeoJSON and/or a PNG heatmap of the per-tile scores ``scores/<model_name>`` of one store.
 
     The GeoJSON holds one ``tile`` per tile with every score column as a measurement (for multi-class models one
     per class, ``attention_<class>`` or ``probability_<class>``, for QuPath's Measurement Maps), the tissue
     outline (class ``Tissue``) and, with ``threshold``, the merged regions where ``column`` reaches it, name
     "High attention" (or "High probability"), class ``Tumor`` for 0/1 models, otherwise the class the column
-    describes (``attention``: the positive class of two named ones, the predicted class of more). Coordinates are level-0 pixels of the slide as
-    QuPath opens it: OpenSlide bounds offsets (MRXS) are subtracted and everything is clipped to the slide. The
-    PNG draws ``column`` (default: the normalised attention when present, else the first column) over the
-    thumbnail, titled with ``caption`` (e.g. ``LUSC (0.78)``) or else ``P(tumour) = probability``.
+    describes (``attention``: the positive class of two named ones, the predicted class of more). Coordinates are
+    level-0 pixels of the slide as QuPath opens it: OpenSlide bounds offsets (MRXS) are subtracted and everything
+    is clipped to the slide. The PNG draws ``column`` (default: the normalised attention when present, else the
+    first column) over the thumbnail, titled with ``caption`` (e.g. ``LUSC (0.78)``) or else
+    ``P(tumour) = probability``.
+
+    ``guard`` (default: no ``overwrite``) refuses to replace files slidestream did not write
+    (:class:`~slidestream.fileio.OutputGuard`), before anything is computed.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    guard = guard or OutputGuard()
+    out_dir = output_folder(out_dir)
     remove_stale_temps(out_dir)  # left by an interrupted run
     store = SlideStore.open(store_path)
     scores = store.read_scores(model_name)
@@ -80,6 +91,8 @@ def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.Pat
     values = scores[:, names.index(column)]
     attrs = store.group[f"scores/{model_name}"].attrs
     region_class = dict(attrs.get("class_columns") or {}).get(column) or attrs.get("evidence_class") or "Tumor"
+    geojson_path, png_path = (out_dir / f"{store.slide_id}.geojson", out_dir / f"{store.slide_id}.heatmap.png")
+    guard.check_all([p for f, p in (("geojson", geojson_path), ("png", png_path)) if f in formats])
     coords = store.coords
     extent0 = float(store.tiling["extent0"])
     bx, by, bw, bh = store.slide["bounds"]
@@ -99,8 +112,8 @@ def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.Pat
                                              mpp=store.slide["mpp"]):
                 features += region_features(poly, region_class, colour, name=what,
                                             measurements=stats, offset=(bx, by), slide_size=(bw, bh))
-        paths["geojson"] = write_geojson(out_dir / f"{store.slide_id}.geojson", features, check=True,
-                                         slide_size=(bw, bh))
+        with guard.writing(geojson_path) as target:
+            paths["geojson"] = write_geojson(target, features, check=True, slide_size=(bw, bh))
     if "png" in formats:
         src = slide_path or store.slide["path"]
         override = mpp if mpp is not None else (
@@ -117,10 +130,10 @@ def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.Pat
         outlines = [np.asarray(r.coords) for p in tissue.geoms for r in [p.exterior, *p.interiors]]
         unit = (0.0, 1.0) if (column.endswith("normalized") or column.endswith("probability")
                               or column.startswith("probability_")) else (None, None)
-        paths["heatmap"] = render_heatmap(thumb, ds, coords, extent0, values,
-                                          out_dir / f"{store.slide_id}.heatmap.png", title=title,
-                                          label=column.replace("_", " "), outlines=outlines,
-                                          vmin=unit[0], vmax=unit[1])
+        with guard.writing(png_path) as target:
+            paths["heatmap"] = render_heatmap(thumb, ds, coords, extent0, values, target, title=title,
+                                              label=column.replace("_", " "), outlines=outlines,
+                                              vmin=unit[0], vmax=unit[1])
     return paths
 
 
@@ -136,11 +149,21 @@ def _class_colour(name: str, classes: list[str]) -> tuple[int, int, int]:
 def heatmap_batch(stores: list[Path], out_dir: str | os.PathLike, *, model_name: str | None = None,
                   checkpoint: str | os.PathLike | None = None, formats: tuple[str, ...] = ("geojson", "png"),
                   threshold: float | None = None, column: str | None = None,
-                  reporter: Reporter | None = None) -> list[SlideOutcome]:
+                  reporter: Reporter | None = None, overwrite: bool = False) -> list[SlideOutcome]:
     """GeoJSON/PNG heatmaps for many stores, from stored ``scores/<model_name>``, or computed first from the
     stores' features with ``checkpoint`` (heatmaps from already-extracted features). Slides whose scores cannot
-    be computed (features missing or damaged) come first among the outcomes, failed."""
+    be computed (features missing or damaged) come first among the outcomes, failed. Every slide's outcome is
+    recorded in ``<out_dir>/run-heatmap.json``.
+
+    Files in ``out_dir`` that slidestream did not write (or that were changed since) are never replaced unless
+    ``overwrite``: they are named in an :class:`~slidestream.errors.OutputExistsError` before any work."""
     reporter = reporter or QuietReporter()
+    guard = OutputGuard(overwrite)
+    out_dir = output_folder(out_dir, create=False)
+    guard.check_all([p for s in stores for p in slide_output_paths(out_dir, Path(s).name.removesuffix(".zarr"),
+                                                                    formats)])
+    guard.check(out_dir / "run-heatmap.json", recognise=is_run_record)
+    output_folder(out_dir)
     remove_stale_temps(out_dir)  # left by an interrupted run
     probs: dict[str, float] = {}
     captions: dict[str, str | None] = {}
@@ -160,8 +183,12 @@ def heatmap_batch(stores: list[Path], out_dir: str | os.PathLike, *, model_name:
     def one(path: Path) -> dict:
         sid = path.name.removesuffix(".zarr")
         paths = write_slide_outputs(path, model_name, out_dir, probability=probs.get(sid), threshold=threshold,
-                                    formats=formats, column=column, caption=captions.get(sid))
+                                    formats=formats, column=column, caption=captions.get(sid), guard=guard)
         return {k: str(v) for k, v in paths.items()}
 
-    return failed + run_per_slide(stores, "heatmap", one, reporter, label=lambda p: p.name.removesuffix(".zarr"),
-                                  path=str)
+    outcomes = failed + run_per_slide(stores, "heatmap", one, reporter,
+                                      label=lambda p: p.name.removesuffix(".zarr"), path=str)
+    write_run_record(out_dir, "heatmap", outcomes, {"model": model_name, "checkpoint": checkpoint and str(checkpoint),
+                                                    "formats": list(formats), "threshold": threshold,
+                                                    "column": column}, guard=guard)
+    return outcomes

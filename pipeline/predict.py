@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..fileio import atomic_open, write_json
+from ..errors import CheckpointError, ConfigError
+from ..fileio import OutputGuard, atomic_open, output_folder, protect_inputs, write_json
 from ..mil import load_checkpoint, predict_classes
 from ..mil.checkpoint import checkpoint_classes
 from ..mil.standardize import FeatureNorm
@@ -51,7 +51,7 @@ def predict_stores(stores: list[Path], checkpoint: str | os.PathLike, *, model_n
     """
     reporter = reporter or QuietReporter()
     model, _config, meta = load_checkpoint(checkpoint)
-    encoder_name = meta["encoder"]
+    encoder_name = checkpoint_encoder(meta, checkpoint)
     model_name = model_name or Path(checkpoint).name
     temperature = float(getattr(model, "temperature", 1.0))
     classes = ClassSet.from_checkpoint(getattr(model, "classes", None), model.n_classes)
@@ -100,6 +100,16 @@ def _score_columns(pred, classes: ClassSet, kind: str | None) -> tuple[dict[str,
     columns = {"attention": att, "attention_normalized": _minmax(att), **per_class}
     return columns, {"classes": list(classes.names), "evidence_class": classes.names[predicted],
                      "prediction": classes.names[predicted], "class_columns": class_of}
+
+
+def checkpoint_encoder(meta: dict, checkpoint: str | os.PathLike) -> str:
+    """The encoder a checkpoint's head was trained on (``meta["encoder"]``), which prediction needs."""
+    if not meta.get("encoder"):
+        from ..mil.checkpoint import checkpoint_files
+
+        raise CheckpointError(f"{checkpoint_files(checkpoint)[1]}: meta.encoder: missing (the encoder whose features "
+                              "the head was trained on); re-save the checkpoint with meta={'encoder': NAME, ...}")
+    return str(meta["encoder"])
 
 
 def _feature_norms(meta: dict, n_members: int, checkpoint) -> list[FeatureNorm] | None:
@@ -154,7 +164,7 @@ class PredictSummary:
 
 def predict_batch(inputs: list[SlideInput], stores_dir: str | os.PathLike, checkpoint: str | os.PathLike,
                   out_dir: str | os.PathLike, *, threshold: float = 0.5, stratify: str | None = None,
-                  seed: int = 0, reporter: Reporter | None = None) -> PredictSummary:
+                  seed: int = 0, reporter: Reporter | None = None, overwrite: bool = False) -> PredictSummary:
     """Predict embedded slides with a checkpoint: predictions CSV, per-tile scores in the stores and, when the
     inputs carry labels, metrics and plots, optionally per value of a metadata column.
 
@@ -164,11 +174,18 @@ def predict_batch(inputs: list[SlideInput], stores_dir: str | os.PathLike, check
     and per-class one-vs-rest AUC with CIs, accuracy, balanced accuracy, confusion matrix, Brier, top-label ECE,
     ``roc.png`` (one curve per class), ``confusion.png`` and ``reliability.png`` (top label). Labels the
     checkpoint's classes do not include are refused, naming the manifest row.
+
+    Files in ``out_dir`` that slidestream did not write (or that were changed since) are not replaced unless
+    ``overwrite``: they are named in an :class:`~slidestream.errors.OutputExistsError` before any work.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    adopt_existing_stores(inputs, stores_dir)  # stores made under the ids of an earlier version
+    guard = OutputGuard(overwrite)
+    out_dir = output_folder(out_dir, create=False)
+    protect_inputs(p for it in inputs for p in (it.path, it.annotation))
     classes = ClassSet(tuple(checkpoint_classes(checkpoint)))
+    plots = ["roc.png", "reliability.png"] + ([] if classes.binary else ["confusion.png"])
+    names = ["predictions.csv"] + (["metrics.json", *plots] if any(it.label is not None for it in inputs) else [])
+    guard.check_all(out_dir / n for n in names)
+    adopt_existing_stores(inputs, stores_dir)  # stores made under the ids of an earlier version
     for it in inputs:  # before any work: a label the model cannot score is a mistake in the manifest
         if it.label is not None:
             classes.index(it.label, it.origin or str(it.path))
@@ -178,11 +195,14 @@ def predict_batch(inputs: list[SlideInput], stores_dir: str | os.PathLike, check
     if classes.binary:
         for r in rows:
             r["prediction"] = classes.label(int(r["calibrated_probability"] >= threshold))
-    csv_path = write_predictions_csv(out_dir / "predictions.csv", rows)
+    output_folder(out_dir)
+    with guard.writing(out_dir / "predictions.csv") as target:
+        csv_path = write_predictions_csv(target, rows)
     metrics = groups = json_path = None
     ev = evaluate_predictions(rows, inputs, classes, out_dir, threshold=threshold, seed=seed, stratify=stratify)
     if ev is not None:
+        guard.record(*ev.plots.values())
         metrics, groups = ev.metrics, ev.groups
-        json_path = write_json(out_dir / "metrics.json", {"overall": metrics, "by": stratify,
-                                                          "groups": groups})
+        with guard.writing(out_dir / "metrics.json") as target:
+            json_path = write_json(target, {"overall": metrics, "by": stratify, "groups": groups})
     return PredictSummary(csv_path, rows, metrics, groups, json_path, outcomes, classes)

@@ -32,7 +32,7 @@ from typing import Iterable
 from ..annotations.qupath_project import (OPENSLIDE_PROVIDER, PROJECT_FILE, SCRIPT_FILE, ProjectImage,
                                           import_script, write_project)
 from ..errors import ConfigError, SlidestreamError
-from ..fileio import atomic_path, atomic_write, is_temp_name
+from ..fileio import OutputGuard, atomic_path, atomic_write, is_temp_name
 from .inputs import SLIDE_SUFFIXES, collect_inputs, is_own_output
 from .records import SlideOutcome, error_text
 from .reporting import QuietReporter, Reporter
@@ -208,7 +208,7 @@ def _reader(path: Path, backend: str | None) -> tuple[str | None, str | None]:
     return (OPENSLIDE_PROVIDER if backend == "openslide" else None), None
 
 
-def _copy_into(project_dir: Path, slide_id: str, files: list[Path]) -> list[Path]:
+def _copy_into(project_dir: Path, slide_id: str, files: list[Path], guard: OutputGuard) -> list[Path]:
     out: list[Path] = []
     for f in files:
         target = project_dir / "slidestream" / slide_id / f.name
@@ -216,7 +216,7 @@ def _copy_into(project_dir: Path, slide_id: str, files: list[Path]) -> list[Path
         while target in out:  # one name found in two output folders (say, run/ and heatmap/): keep both
             n += 1
             target = target.with_name(f"{n}-{f.name}")
-        with atomic_path(target) as tmp:
+        with guard.writing(target), atomic_path(target) as tmp:
             shutil.copyfile(f, tmp)
         out.append(target)
     return out
@@ -230,7 +230,7 @@ def _script_path(f: Path, project_dir: Path) -> str:
 
 
 def make_qupath_project(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, copy: bool = False,
-                        reporter: Reporter | None = None) -> QuPathProject:
+                        reporter: Reporter | None = None, overwrite: bool = False) -> QuPathProject:
     """Write a QuPath project of the slides in ``inputs`` and a script importing their GeoJSON.
 
     Parameters
@@ -245,6 +245,11 @@ def make_qupath_project(inputs: Iterable[str | os.PathLike], out: str | os.PathL
         by default the script reads them where they are (paths relative to the project when inside it).
     reporter : Reporter, optional
         Progress display.
+    overwrite : bool
+        Replace files slidestream did not write (or that were changed since) where the import script and the
+        copies go; without it they are refused, before any work (:class:`~slidestream.fileio.OutputGuard`).
+        ``project.qpproj`` is never replaced but updated, its previous version kept as ``project.qpproj.backup``
+        (as QuPath does when it saves).
 
     Returns
     -------
@@ -256,7 +261,11 @@ def make_qupath_project(inputs: Iterable[str | os.PathLike], out: str | os.PathL
         An argument does not exist, or no slide was found.
     """
     reporter = reporter or QuietReporter()
+    guard = OutputGuard(overwrite)
     project_dir = Path(out).expanduser().resolve()
+    if project_dir.exists() and not project_dir.is_dir():
+        raise ConfigError(f"--out {project_dir}: this is a file, not a folder; give a folder for the project")
+    guard.check(project_dir / SCRIPT_FILE)
     found = _gather(inputs, project_dir)
     if not found.slides and not found.stores and not found.manifests:
         raise ConfigError("no slide found in the arguments: give the slides (files or folders), or the stores "
@@ -282,7 +291,7 @@ def make_qupath_project(inputs: Iterable[str | os.PathLike], out: str | os.PathL
             provider, note = _reader(path, backends.get(path))
             files = by_slide.get(slide_id, [])
             if copy and files:
-                files = _copy_into(project_dir, slide_id, files)
+                files = _copy_into(project_dir, slide_id, files, guard)
             meta = {"slidestream.slide_id": slide_id}
             if files:
                 meta["slidestream.geojson"] = ", ".join(f.name for f in files)
@@ -292,7 +301,8 @@ def make_qupath_project(inputs: Iterable[str | os.PathLike], out: str | os.PathL
     project_file, entry_ids = write_project(project_dir, images)
     imports = [(eid, img.name, [_script_path(f, project_dir) for f in files])
                for eid, img, (_, _, files, _, _) in zip(entry_ids, images, plan) if files]
-    script = atomic_write(project_dir / SCRIPT_FILE, import_script(imports))
+    with guard.writing(project_dir / SCRIPT_FILE) as target:
+        script = atomic_write(target, import_script(imports))
     outcomes = [SlideOutcome(slide_id, str(path), "ok", seconds=round(sec, 3), error=note,
                              details={"entry_id": eid, "geojson": len(files),
                                       "files": [_script_path(f, project_dir) for f in files]})

@@ -20,9 +20,9 @@ from typing import Any
 
 from .. import __version__
 from ..errors import SlidestreamError
-from ..fileio import pid_alive, write_json
+from ..fileio import OutputGuard, pid_alive, write_json
 
-__all__ = ["SlideLockedError", "SlideOutcome", "error_text", "slide_lock", "write_run_record"]
+__all__ = ["SlideLockedError", "SlideOutcome", "error_text", "is_run_record", "slide_lock", "write_run_record"]
 
 
 @dataclass
@@ -53,9 +53,23 @@ def error_text(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def is_run_record(path: Path) -> bool:
+    """Whether ``path`` is a run record slidestream wrote (recognised by content: records written before output
+    ledgers existed are not in one)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(doc, dict) and f"run-{doc.get('stage')}.json" == path.name
+            and isinstance(doc.get("software"), dict) and "slidestream" in doc["software"])
+
+
 def write_run_record(out_dir: str | os.PathLike, stage: str, outcomes: list[SlideOutcome],
-                     params: dict[str, Any]) -> Path:
-    """``<out_dir>/run-<stage>.json``: inputs, parameters, version, and per-slide status, time and error."""
+                     params: dict[str, Any], *, guard: OutputGuard | None = None) -> Path:
+    """``<out_dir>/run-<stage>.json``: inputs, parameters, version, and per-slide status, time and error.
+
+    ``guard`` (default: no ``overwrite``) refuses to replace a file of that name slidestream did not write.
+    """
     payload = {
         "stage": stage,
         "software": {"slidestream": __version__},
@@ -64,7 +78,8 @@ def write_run_record(out_dir: str | os.PathLike, stage: str, outcomes: list[Slid
         "counts": {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")},
         "slides": [asdict(o) for o in outcomes],
     }
-    return write_json(Path(out_dir) / f"run-{stage}.json", payload)
+    with (guard or OutputGuard()).writing(Path(out_dir) / f"run-{stage}.json", recognise=is_run_record) as path:
+        return write_json(path, payload)
 
 
 class SlideLockedError(SlidestreamError):

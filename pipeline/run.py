@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import remove_stale_temps
+from ..fileio import OutputGuard, adopt_legacy, output_folder, protect_inputs, remove_stale_temps
 from ..mil import load_checkpoint
 from ..tiling.grid import TilingParams
 from ..tiling.settings import TissueConfig
@@ -14,9 +14,9 @@ from .class_metrics import row_caption
 from .classes import ClassSet
 from .embed import embed_batch
 from .inputs import SlideInput, store_paths
-from .outputs import write_slide_outputs
-from .predict import describe_rows, predict_stores, write_predictions_csv
-from .records import SlideOutcome, write_run_record
+from .outputs import slide_output_paths, write_slide_outputs
+from .predict import checkpoint_encoder, describe_rows, predict_stores, write_predictions_csv
+from .records import SlideOutcome, is_run_record, write_run_record
 from .reporting import QuietReporter, Reporter
 from .runner import run_per_slide
 from .tile import tile_batch
@@ -56,6 +56,7 @@ def run_inference(
     scheduler: str | None = None,
     reporter: Reporter | None = None,
     max_pixels: int | None = None,
+    overwrite: bool = False,
 ) -> RunSummary:
     """The whole inference path for new slides: tile → embed (the checkpoint's encoder) → predict → outputs.
 
@@ -65,12 +66,24 @@ def run_inference(
     budget slides are opened with (:func:`slidestream.wsi.open_slide`). The predictions' columns follow the
     checkpoint's classes (:mod:`slidestream.pipeline.predict`): ``prob_<class>`` and ``calibrated_prob_<class>``
     columns and per-class tile measurements for models of more than two classes.
+
+    Files in ``out_dir`` that slidestream did not write, or that were changed since, are not replaced unless
+    ``overwrite``: they are named in an :class:`~slidestream.errors.OutputExistsError` before any work (a ground
+    truth ``<slide_id>.geojson`` next to a slide, say, when ``out_dir`` is the slides' folder). The slides and
+    their annotation files are never written, ``overwrite`` or not.
     """
     reporter = reporter or QuietReporter()
-    out_dir = Path(out_dir)
-    remove_stale_temps(out_dir)  # left by an interrupted run
+    out_dir = output_folder(out_dir, create=False)
+    # a results folder of a version without ledgers: its outputs are adopted, so the rerun goes on as before
+    guard = OutputGuard(overwrite, adopt=adopt_legacy(out_dir, lambda d: is_run_record(d / "run-run.json")))
+    protect_inputs(p for it in inputs for p in (it.path, it.annotation))
     model, _, meta = load_checkpoint(checkpoint)
+    encoder = checkpoint_encoder(meta, checkpoint)
     classes = ClassSet.from_checkpoint(getattr(model, "classes", None), model.n_classes)
+    guard.check_all([out_dir / "predictions.csv", *(p for it in inputs for p in slide_output_paths(out_dir,
+                                                                                                  it.slide_id))])
+    output_folder(out_dir)
+    remove_stale_temps(out_dir)  # left by an interrupted run
     tiling = meta.get("tiling", {})
     params = TilingParams(**{k: v for k, v in tiling.items()
                              if k in ("mpp", "tile_size", "overlap", "min_tissue", "keep_rule")})
@@ -81,7 +94,7 @@ def run_inference(
                                    reporter=reporter, max_pixels=max_pixels, tissue=tissue)}
     ok = [it for it, o in zip(inputs, outcomes["tile"]) if o.status != "failed"]
     paths = store_paths(stores_dir, [it.slide_id for it in ok])
-    outcomes["embed"] = embed_batch(paths, meta["encoder"], weights=weights, device=device, scheduler=scheduler,
+    outcomes["embed"] = embed_batch(paths, encoder, weights=weights, device=device, scheduler=scheduler,
                                     reporter=reporter)
     paths = [p for p, o in zip(paths, outcomes["embed"]) if o.status != "failed"]
     model_name = Path(checkpoint).name
@@ -95,7 +108,7 @@ def run_inference(
                                                        slide_path=it.path,
                                                        probability=row.get("calibrated_probability"),
                                                        threshold=threshold, mpp=it.mpp,
-                                                       caption=row_caption(row, classes))
+                                                       caption=row_caption(row, classes), guard=guard)
         return {}
 
     outcomes["outputs"] = run_per_slide(rows, "write outputs", one, reporter, label=lambda r: r["slide_id"],
@@ -103,9 +116,10 @@ def run_inference(
     describe_rows(rows, inputs)
     for r in rows:
         r.update({k: str(v) for k, v in outputs.get(r["slide_id"], {}).items()})
-    csv_path = write_predictions_csv(out_dir / "predictions.csv", rows)
+    with guard.writing(out_dir / "predictions.csv") as target:
+        csv_path = write_predictions_csv(target, rows)
     all_outcomes = [o for stage in outcomes.values() for o in stage]
-    write_run_record(out_dir, "run", all_outcomes, {"checkpoint": str(checkpoint), "encoder": meta["encoder"],
-                                                    "tiling": params.to_dict(), "device": device})
+    write_run_record(out_dir, "run", all_outcomes, {"checkpoint": str(checkpoint), "encoder": encoder,
+                                                    "tiling": params.to_dict(), "device": device}, guard=guard)
     return RunSummary(out_dir=out_dir, predictions_csv=csv_path, rows=rows, outcomes=outcomes, outputs=outputs,
                       classes=classes)

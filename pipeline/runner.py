@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..fileio import OutputGuard
 from .cluster import batch_client, run_on_cluster
 from .records import SlideOutcome, error_text, write_run_record
 from .reporting import Reporter
@@ -47,7 +48,8 @@ def run_stage(items: list, stage: str, job: Callable[[Any], dict | None], *, rep
               scheduler: str | None = None, cluster_job: Callable[..., dict] | None = None,
               cluster_args: Callable[[Any], tuple] | None = None, record_dir: str | Path | None = None,
               params: dict | None = None, label: Callable[[Any], str] = lambda it: it.slide_id,
-              path: Callable[[Any], str] = lambda it: str(it.path)) -> list[SlideOutcome]:
+              path: Callable[[Any], str] = lambda it: str(it.path), guard: OutputGuard | None = None
+              ) -> list[SlideOutcome]:
     """Run a stage over ``items`` here or on a cluster, and write its run record.
 
     Parameters
@@ -69,6 +71,8 @@ def run_stage(items: list, stage: str, job: Callable[[Any], dict | None], *, rep
         The stage's parameters, for the record (``cluster`` is added on a cluster).
     label, path : callable(item) -> str
         Slide id and path of an item, for its outcome.
+    guard : OutputGuard, optional
+        What may be replaced by the run record (:func:`~slidestream.pipeline.records.write_run_record`).
 
     Returns
     -------
@@ -87,5 +91,5 @@ def run_stage(items: list, stage: str, job: Callable[[Any], dict | None], *, rep
     else:
         outcomes = run_per_slide(items, stage, job, reporter, label=label, path=path)
     if record_dir is not None:
-        write_run_record(record_dir, stage, outcomes, params)
+        write_run_record(record_dir, stage, outcomes, params, guard=guard)
     return outcomes

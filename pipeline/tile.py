@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..fileio import remove_stale_temps
+from ..fileio import OutputGuard, output_folder, protect_inputs, remove_stale_temps
 from ..tiling.grid import TilingParams
 from ..tiling.tissue import TissueConfig
 from .cluster import where_am_i
@@ -81,9 +81,15 @@ def tile_batch(
 
     Slides whose store exists under an id of an earlier version keep that id (:func:`adopt_existing_stores`;
     ``inputs`` are updated in place), and temporary files left in ``out_dir`` by an interrupted run are removed.
+
+    ``overwrite`` rebuilds stores made from another slide or with other parameters, and lets the QC images, tissue
+    GeoJSON and run record replace files of those names that slidestream did not write (refused otherwise, per
+    slide). The slides, ROI and override files are never written.
     """
     reporter = reporter or QuietReporter()
-    out_dir = Path(out_dir)
+    out_dir = output_folder(out_dir)
+    protect_inputs([*(p for it in inputs for p in (it.path, it.annotation)), tissue_overrides,
+                    *([roi] if roi is not None and Path(roi).is_file() else [])])
     adopt_existing_stores(inputs, out_dir)
     remove_stale_temps(out_dir)
 
@@ -152,7 +158,7 @@ def tile_batch(
         return run_stage(inputs, "tile", one, reporter=reporter, scheduler=scheduler, cluster_job=tile_slide_job,
                          cluster_args=lambda it: (str(Path(it.path).resolve()), str(out_dir), settings(it)[0],
                                                   it.slide_id, it.mpp, roi_for(it), workers or 1, settings(it)[1]),
-                         record_dir=out_dir, params=record_params)
+                         record_dir=out_dir, params=record_params, guard=OutputGuard(overwrite))
     finally:
         if early is not None:
             early.close()
@@ -193,6 +199,8 @@ def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, pa
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    # built here, on the machine running the job: a cluster worker records what it writes in the same ledgers
+    guard = OutputGuard(options["overwrite"])
     with slide_lock(out_dir, slide_id):
         res = tile_slide(slide_path, out_dir, params, mpp=mpp, save_patches=options["save_patches"],
                                      overwrite=options["overwrite"], workers=workers,
@@ -203,7 +211,10 @@ def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, pa
         if options["export_tissue"]:
             from ..tiling.regions import write_tissue_geojson
 
-            write_tissue_geojson(res.store, out_dir / f"{slide_id}.tissue.geojson")
+            tissue_path = out_dir / f"{slide_id}.tissue.geojson"
+            if res.action != "up-to-date" or not tissue_path.is_file():
+                with guard.writing(tissue_path) as target:
+                    write_tissue_geojson(res.store, target)
         extras = {}
         if options.get("tissue_overrides"):
             extras["tissue_overrides"] = options["tissue_overrides"]
@@ -212,7 +223,8 @@ def tile_slide_job(slide_path: str | os.PathLike, out_dir: str | os.PathLike, pa
 
             qc_path = qc_image_path(out_dir, slide_id)
             if res.action != "up-to-date" or not qc_path.is_file():
-                write_qc_image(res.store, slide_path, qc_path, mpp=mpp)
+                with guard.writing(qc_path) as target:
+                    write_qc_image(res.store, slide_path, target, mpp=mpp)
             extras["qc_image"] = str(qc_path)
         if options.get("dump_patches"):
             from ..tiling.dump import dump_patches

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..fileio import OutputGuard
 from ..mil import cross_validate, fit_temperature, save_checkpoint
+from ..mil.checkpoint import checkpoint_files, is_checkpoint
 from ..mil.splits import group_keys
 from ..store import SlideStore
 from .bags import labelled_bags
@@ -47,6 +49,8 @@ def train_from_stores(
     meta: dict | None = None,
     reporter: Reporter | None = None,
     classes: Sequence[int | str] | str | None = None,
+    overwrite: bool = False,
+    replace_own: bool = False,
 ) -> TrainSummary:
     """Cross-validate a MIL head on the labelled slides, calibrate on out-of-fold logits, save the fold ensemble.
 
@@ -59,9 +63,18 @@ def train_from_stores(
     own indices (:func:`slidestream.pipeline.classes.class_set_for`). The head gets one output per class, the
     temperature is fitted on the ``K`` out-of-fold logits, and the order is saved in the checkpoint. Every class
     needs labelled training slides.
+
+    A checkpoint already at ``checkpoint`` is the product of another training: it is refused, before any work,
+    unless ``overwrite`` (which also replaces files there that slidestream did not write) or ``replace_own``
+    (replace a checkpoint slidestream wrote there, unchanged; for a benchmark retraining into its own folder).
     """
     reporter = reporter or QuietReporter()
     t0 = time.perf_counter()
+    guard = OutputGuard(overwrite)
+    targets = checkpoint_files(checkpoint)
+    if targets[0].parent.exists() and not targets[0].parent.is_dir():
+        raise ConfigError(f"--out {targets[0].parent}: this is a file, not a folder; give a folder for the checkpoint")
+    guard.check_all(targets, replace_own=replace_own, recognise=is_checkpoint)
     stores_dir = Path(stores_dir)
     adopt_existing_stores(inputs, stores_dir)  # stores made under the ids of an earlier version
     train = [it for it in inputs if it.label is not None and (it.split or "train").lower() != "test"]
@@ -116,7 +129,9 @@ def train_from_stores(
         "feature_norms": [norm.to_dict() for norm in cv.feature_norms],
         **(meta or {}),
     }
+    guard.check_all(targets, replace_own=replace_own, recognise=is_checkpoint)  # again: training takes a while
     path = save_checkpoint(checkpoint, cv.models, config, meta, temperature=temperature,
                            classes=class_set.to_json())
+    guard.record(*targets)
     return TrainSummary(checkpoint=Path(path), n_slides=len(bags), folds=k, cv_metrics=cv.metrics,
                         temperature=temperature, seconds=time.perf_counter() - t0, failed=failed, classes=class_set)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -43,8 +45,8 @@ class TilingParams:
     def __post_init__(self):
         if self.keep_rule not in KEEP_RULES:
             raise ConfigError(f"keep rule must be one of {', '.join(KEEP_RULES)}, got {self.keep_rule!r}")
-        if self.mpp <= 0:
-            raise ConfigError(f"mpp must be positive, got {self.mpp}")
+        if not (isinstance(self.mpp, (int, float)) and math.isfinite(self.mpp) and self.mpp > 0):
+            raise ConfigError(f"mpp (--target-mpp) must be a positive number of µm/px, got {self.mpp!r}")
         if self.tile_size < 8:
             raise ConfigError(f"tile_size must be at least 8 px, got {self.tile_size}")
         if not 0 <= self.overlap < self.tile_size:
@@ -85,7 +87,8 @@ def plan_reads(params: TilingParams, slide_mpp: float, level_downsamples: tuple[
     if target < slide_mpp * (1 - params.mpp_tolerance):
         raise ConfigError(
             f"target {target} µm/px is finer than the slide's level 0 ({slide_mpp:.4g} µm/px); "
-            f"slidestream never upsamples: choose --mpp {slide_mpp:.4g} or coarser"
+            f"slidestream never upsamples: choose --target-mpp {slide_mpp:.4g} or coarser (or correct the slide's "
+            "pixel size with --mpp if its metadata is wrong)"
         )
     level = 0
     for i, ds in enumerate(level_downsamples):

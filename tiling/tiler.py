@@ -30,11 +30,12 @@ import imagecodecs
 import numpy as np
 import shapely
 
-from ..errors import StoreError
+from ..errors import StoreError, UnsupportedSlideError
 from ..store import (DEFAULT_CHUNK_TILES, JPEG_CHUNK_TILES, JpegTiles, SlideStore, checked_array, identity_dict,
                      identity_of)
 from ..wsi import Slide, open_slide, slide_id_from_path
 from ..wsi.direct import DirectTiffReader, merge_jpeg_tables
+from ..wsi.pixels import is_greyscale
 from .grid import ReadPlan, TilingParams, grid_coords, keep_tiles, plan_reads, tissue_fractions
 from .local import local_processes_available, local_workers
 from .qc import QC_FLAG_DOC, QC_MEASURE, QCConfig, luma_stats, qc_flags, tile_stats
@@ -388,6 +389,12 @@ def tile_slide(
         from .regions import roi_summary, write_roi_array  # annotation readers: only for a region of interest
 
     with open_slide(slide_path, mpp=mpp, max_pixels=max_pixels) as slide:
+        if is_greyscale(slide_path, dict(slide.properties)):
+            raise UnsupportedSlideError(
+                slide_path, "greyscale image (one sample per pixel, no colour): tissue is found by its colour "
+                            "saturation, which a grey image has none of, so no tile would be kept",
+                hint="slidestream tiles bright-field colour slides (H&E, IHC); re-export the slide in colour if it "
+                     "is one")
         slide_attrs = _slide_attrs(slide, slide_path, max_pixels)
         level_dimensions = tuple(tuple(int(v) for v in d) for d in slide.level_dimensions)
         plan = plan_reads(params, slide.mpp, tuple(slide.level_downsamples))

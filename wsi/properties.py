@@ -229,6 +229,6 @@ def check_target_mpp(
         where = f"{os.fspath(name)}: " if name is not None else ""
         raise ConfigError(
             f"{where}target pixel size {target:g} µm/px is finer than the slide's level 0 ({native:g} µm/px) and "
-            f"slidestream does not upsample: ask for {native / (1.0 + tolerance):.4g} µm/px or coarser, or correct "
-            "the slide's pixel size with --mpp if its metadata is wrong"
+            f"slidestream does not upsample: choose --target-mpp {native / (1.0 + tolerance):.4g} or coarser, or "
+            "correct the slide's pixel size with --mpp if its metadata is wrong"
         )

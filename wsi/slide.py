@@ -47,6 +47,7 @@ from ._backends import BACKENDS, BackendRefused, SlideBackend
 from .budget import check_max_pixels, level_budget_error, needs_probe, probe_in_child, probe_memory
 from .direct import DirectUnsupported, with_direct_reader
 from .identity import file_fingerprint, slide_id_from_path
+from .pixels import check_pixel_format
 from .properties import (DEFAULT_MPP_TOLERANCE, _check_mpp_value, check_target_mpp, objective_from_mpp,
                          parse_positive_float)
 
@@ -626,7 +627,7 @@ def open_slide(
         The path does not exist or cannot be read.
     UnsupportedSlideError
         A directory, or a format/pixel layout no reader supports (e.g. a 2-channel OME-TIFF: "2 channels …,
-        not RGB").
+        not RGB"; a TIFF of floating-point samples: "32-bit floating-point samples …").
     CorruptSlideError
         An empty, truncated or undecodable file, or one that crashed OpenSlide in the probing process.
     SlideTooLargeError
@@ -648,6 +649,7 @@ def open_slide(
     override = None if mpp is None else _check_mpp_value(mpp, "mpp")
     budget = check_max_pixels(max_pixels)
     resolved = _check_path(path)
+    check_pixel_format(resolved)  # float / signed / >16-bit samples: named, where a reader would call them damaged
     names = list(BACKENDS) if backend == "auto" else [backend]
     if "openslide" in names and needs_probe(resolved, budget):
         probe_in_child(resolved, memory=probe_memory(budget))

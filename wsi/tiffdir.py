@@ -30,11 +30,13 @@ _MAX_SUBIFDS = 1_024
 
 _TAG_WIDTH, _TAG_LENGTH, _TAG_COMPRESSION = 256, 257, 259
 _TAG_SAMPLES, _TAG_ROWS_PER_STRIP = 277, 278
+_TAG_BITS, _TAG_PHOTOMETRIC, _TAG_SAMPLE_FORMAT = 258, 262, 339
 _TAG_TILE_WIDTH, _TAG_TILE_LENGTH, _TAG_SUBIFDS = 322, 323, 330
 _TAG_IMAGE_DEPTH, _TAG_TILE_DEPTH = 32997, 32998
 _TAG_NDPI = 65420
 _WANTED = {_TAG_WIDTH, _TAG_LENGTH, _TAG_COMPRESSION, _TAG_SAMPLES, _TAG_ROWS_PER_STRIP, _TAG_TILE_WIDTH,
-           _TAG_TILE_LENGTH, _TAG_IMAGE_DEPTH, _TAG_TILE_DEPTH, _TAG_NDPI}
+           _TAG_TILE_LENGTH, _TAG_IMAGE_DEPTH, _TAG_TILE_DEPTH, _TAG_NDPI, _TAG_BITS, _TAG_PHOTOMETRIC,
+           _TAG_SAMPLE_FORMAT}
 
 # TIFF field type -> struct code of one unsigned integer value (BYTE, SHORT, LONG, IFD, LONG8, IFD8).
 _INT_TYPES = {1: "B", 3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
@@ -77,6 +79,12 @@ class TiffImage:
         Samples per pixel.
     compression : int
         TIFF Compression tag (1 none, 7 JPEG, 8 Deflate …).
+    bits : int
+        Bits of the first sample (BitsPerSample; 1 when absent, as TIFF specifies).
+    sample_format : int
+        SampleFormat of the first sample: 1 unsigned integer (the default), 2 signed integer, 3 floating point.
+    photometric : int
+        PhotometricInterpretation (0/1 grey, 2 RGB, 3 palette, 6 YCbCr …; -1 when absent).
     """
 
     where: str
@@ -88,6 +96,9 @@ class TiffImage:
     tile_depth: int
     samples: int
     compression: int
+    bits: int = 1
+    sample_format: int = 1
+    photometric: int = -1
 
     @property
     def pixels(self) -> int:
@@ -210,10 +221,10 @@ class _Walker:
                 subifds = self._offsets(raw, code, n, where)
             elif tag in _WANTED and code is not None and n >= 1:
                 item = struct.calcsize(code)
-                if item <= self.inline:  # the first value sits in the entry itself
+                if n * item <= self.inline:  # the values sit in the entry itself: the first one is read
                     values[tag] = struct.unpack(self.order + code, raw[:item])[0]
-                else:  # a 64-bit value in a classic TIFF: stored elsewhere
-                    (at,) = struct.unpack(self.order + "I", raw[:4])
+                else:  # stored elsewhere (several values, or a 64-bit value in a classic TIFF): the first one
+                    (at,) = struct.unpack(self.order + ("Q" if self.bigtiff else "I"), raw[:self.inline])
                     values[tag] = struct.unpack(self.order + code, self._read(at, item, f"tag {tag} of {where}"))[0]
         if top and where == "IFD 0" and _TAG_NDPI in values and not self.bigtiff:
             # NDPI: classic TIFF entries, but 64-bit offsets to the next directory (low half first, as libtiff
@@ -232,6 +243,8 @@ class _Walker:
                 rows_per_strip=values.get(_TAG_ROWS_PER_STRIP, height) or height,
                 depth=max(1, values.get(_TAG_IMAGE_DEPTH, 1)), tile_depth=max(1, values.get(_TAG_TILE_DEPTH, 1)),
                 samples=values.get(_TAG_SAMPLES, 1), compression=values.get(_TAG_COMPRESSION, 1),
+                bits=values.get(_TAG_BITS, 1), sample_format=values.get(_TAG_SAMPLE_FORMAT, 1),
+                photometric=values.get(_TAG_PHOTOMETRIC, -1),
             ))
         for k, sub in enumerate(subifds):
             if sub:

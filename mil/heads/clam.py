@@ -1,4 +1,5 @@
-"""CLAM-SB and CLAM-MB (Lu et al., Nature Biomedical Engineering 2021): attention pooling with instance-level clustering losses."""
+"""CLAM-SB and CLAM-MB (Lu et al., Nature Biomedical Engineering 2021): attention pooling with instance-level
+clustering losses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TransMIL (Shao et al., NeurIPS 2021): a transformer over the bag with Nyström attention and a positional encoding."""
+"""TransMIL (Shao et al., NeurIPS 2021): a transformer over the bag with Nyström attention and a positional
+encoding."""
 
 from __future__ import annotations
 

@@ -93,8 +93,10 @@ def test_three_subtypes_from_bench_to_heatmaps(subtypes, tmp_path, cmu_slide):
     assert metrics["overall"]["n"] == 15 and set(metrics["groups"]) == {"A", "B"}
     assert [r_["prediction"] for r_ in again["rows"]] == [("Normal", "Sparse", "Solid")[k]
                                                            for k in again["p"].argmax(1)]
-    assert sorted(p.name for p in pred.iterdir()) == ["confusion.png", "metrics.json", "predictions.csv",
-                                                      "reliability.png", "roc.png"]
+    assert sorted(p.name for p in pred.iterdir()) == [".slidestream-outputs.jsonl", "confusion.png", "metrics.json",
+                                                      "predictions.csv", "reliability.png", "roc.png"]
+    ledger = [json.loads(line)["name"] for line in (pred / ".slidestream-outputs.jsonl").read_text().splitlines()]
+    assert sorted(set(ledger)) == ["confusion.png", "metrics.json", "predictions.csv", "reliability.png", "roc.png"]
 
     # heatmaps of the scores predict wrote: one measurement per class DSMIL has a stream for
     maps = tmp_path / "maps"

@@ -62,3 +62,70 @@ def good_slides(tmp_path_factory) -> list[Path]:
     for seed, path in enumerate(paths):
         write_synthetic_slide(path, SynthConfig(width=2048, height=1536, mpp=0.5, seed=seed))
     return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A small trained batch (tests/faults/test_configs.py, test_overwrite.py, test_errors.py): four slides, tiled,
+# embedded and used to train a checkpoint through the real command line, in this process. Tests copy what they
+# change.
+
+TILING = ["--target-mpp", "0.5", "--tile-size", "48", "--min-tissue", "0.5", "--workers", "1"]
+
+
+def cli(*args, env: dict | None = None):
+    """Run ``slidestream ARGS`` in this process; the click result (``exit_code``, ``output``, ``exception``)."""
+    from click.testing import CliRunner
+
+    from slidestream.cli.main import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def ok(*args):
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def flat(result) -> str:
+    """A command's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``root`` (hidden ones included): relative path → (SHA-256, mtime in ns)."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[str(p.relative_to(root))] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+    return out
+
+
+@dataclass
+class Trained:
+    slides: Path  # s0.svs … s3.svs (s2, s3 with tumour)
+    manifest: Path  # slide,label
+    stores: Path  # tiled with TILING, features/handcrafted
+    model: Path  # a 2-fold ABMIL checkpoint trained on the stores
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Trained:
+    import csv
+
+    root = tmp_path_factory.mktemp("trained")
+    slides = root / "slides"
+    slides.mkdir()
+    for i in range(4):
+        write_synthetic_slide(slides / f"s{i}.svs", SynthConfig(width=1536, height=1536, mpp=0.5, tile_size=64,
+                                                                 tumor=i >= 2, seed=i))
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows([["slide", "label"], *([f"slides/s{i}.svs", int(i >= 2)] for i in range(4))])
+    ok("tile", slides, "--out", root / "stores", *TILING)
+    ok("embed", root / "stores", "--encoder", "handcrafted")
+    ok("train", manifest, "--stores", root / "stores", "--encoder", "handcrafted", "--out", root / "model",
+       "--folds", "2", "--epochs", "2", "--device", "cpu")
+    return Trained(slides=slides, manifest=manifest, stores=root / "stores", model=root / "model")

@@ -206,6 +206,10 @@ def test_damaged_features_are_refused_by_heatmap_predict_train_and_repaired_by_e
     assert r.exit_code == 1 and message in text(r) and repair in text(r)
     made = sorted(p.name for p in (tmp_path / "maps").glob("*.geojson"))
     assert made == [f"{n}.geojson" for n in SLIDES if n != DAMAGED]
+    record = json.loads((tmp_path / "maps" / "run-heatmap.json").read_text())
+    assert record["counts"] == {"ok": len(SLIDES) - 1, "skipped": 0, "failed": 1}
+    failed = [s for s in record["slides"] if s["status"] == "failed"]
+    assert [s["slide_id"] for s in failed] == [DAMAGED] and message in failed[0]["error"]
 
     r = cli("predict", batch.manifest, "--stores", folder, "--model", batch.model, "--out", tmp_path / "pred")
     assert r.exit_code == 1 and message in text(r)

@@ -220,3 +220,38 @@ def test_checkpoints_from_before_classes_load_with_indices_and_damaged_classes_a
         load_checkpoint(out)
     with pytest.raises(CheckpointError, match="classes"):
         checkpoint_classes(out)
+
+
+_SAVE_IN_A_CHILD = """
+import sys, torch
+from slidestream.mil.checkpoint import save_checkpoint
+from slidestream.mil.heads import get_head
+torch.manual_seed(0)
+members = [get_head("abmil", 24, 2, hidden_dim=16, attn_dim=8) for _ in range(3)]
+save_checkpoint(sys.argv[1], members, {"head": "abmil"}, {"encoder": "x", "folds": 3}, temperature=1.25)
+"""
+
+
+def test_saving_the_same_model_gives_the_same_bytes(tmp_path):
+    """The safetensors writer orders its header metadata differently from process to process (it used to change
+    bench.json's checkpoint sha256 between identical runs); checkpoints are byte-for-byte reproducible."""
+    import subprocess
+    import sys
+
+    paths = [tmp_path / f"child{i}" for i in range(3)]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", _SAVE_IN_A_CHILD, str(p)], check=True, timeout=300)
+    torch.manual_seed(0)
+    members = [get_head("abmil", 24, 2, hidden_dim=16, attn_dim=8) for _ in range(3)]
+    for i in range(3):  # and in this process, several times
+        paths.append(save_checkpoint(tmp_path / f"here{i}", members, {"head": "abmil"},
+                                     {"encoder": "x", "folds": 3}, temperature=1.25))
+    for name in ("model.safetensors", "config.json"):
+        contents = {(p / name).read_bytes() for p in paths}
+        assert len(contents) == 1, name
+    header = (paths[0] / "model.safetensors").read_bytes()
+    n = int.from_bytes(header[:8], "little")
+    assert json.loads(header[8:8 + n])["__metadata__"] == {"format": "pt", "slidestream_head": "abmil"}
+    assert list(json.loads(header[8:8 + n])["__metadata__"]) == ["format", "slidestream_head"]
+    model, _, meta = load_checkpoint(paths[0])
+    assert model.temperature == 1.25 and meta == {"encoder": "x", "folds": 3}

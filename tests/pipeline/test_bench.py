@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from slidestream.evaluation.froc import L0_MPP
 from slidestream.evaluation.froc_files import evaluate_froc_dirs
-from slidestream.pipeline.bench import assign_holdout, benchmark_inputs
+from slidestream.errors import ConfigError
+from slidestream.pipeline.bench import BenchConfig, assign_holdout, benchmark_inputs, run_benchmark
 from slidestream.cli.main import main
 from slidestream.synth import SynthConfig, write_synthetic_dataset
 
@@ -67,7 +68,9 @@ def test_bench_reports_auc_froc_and_resumes(dataset, tmp_path):
     at_half = evaluate_froc_dirs(out / "detections", out / "ground_truth", mpp=0.5, slide_sizes=sizes)
     assert again_record["froc"]["froc"] == pytest.approx(at_half["froc"])
     bad = CliRunner().invoke(main, ["bench", str(dataset), "--out", str(out), *ARGS, "--froc-mpp", "-1"])
-    assert bad.exit_code != 0 and "froc_mpp must be a positive" in bad.output
+    assert bad.exit_code == 2 and "Invalid value for '--froc-mpp'" in bad.output  # refused at the door
+    with pytest.raises(ConfigError, match="froc_mpp must be a positive"):  # and by the library
+        run_benchmark(dataset, out, BenchConfig(froc_mpp=-1.0))
     st = CliRunner().invoke(main, ["status", str(out / "stores"), "--json"])
     assert st.exit_code == 0, st.output
     status = json.loads(st.output)

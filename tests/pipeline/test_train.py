@@ -188,7 +188,7 @@ def test_normal_tumor_names_give_exactly_the_numbers_of_0_1_labels(cohort, tmp_p
         assert [k for k in a] == [k for k in b]  # the same columns, binary names kept
     assert plain.metrics == named_res.metrics
     assert sorted(p.name for p in (tmp_path / "pred-named").iterdir()) == [
-        "metrics.json", "predictions.csv", "reliability.png", "roc.png"]
+        ".slidestream-outputs.jsonl", "metrics.json", "predictions.csv", "reliability.png", "roc.png"]
 
 
 @pytest.fixture(scope="module")
