@@ -129,3 +129,15 @@ def trained(tmp_path_factory) -> Trained:
     ok("train", manifest, "--stores", root / "stores", "--encoder", "handcrafted", "--out", root / "model",
        "--folds", "2", "--epochs", "2", "--device", "cpu")
     return Trained(slides=slides, manifest=manifest, stores=root / "stores", model=root / "model")
+
+
+@pytest.fixture
+def batch_copy(trained, tmp_path) -> Path:
+    """A private copy of the trained batch in ``tmp_path``: ``slides/``, ``manifest.csv``, ``stores/``, ``model/``."""
+    import shutil
+
+    shutil.copytree(trained.slides, tmp_path / "slides")
+    shutil.copy(trained.manifest, tmp_path / "manifest.csv")
+    shutil.copytree(trained.stores, tmp_path / "stores")
+    shutil.copytree(trained.model, tmp_path / "model")
+    return tmp_path

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -53,12 +52,8 @@ def _write_tiff(path, data, photometric=None):
 
 
 @pytest.fixture
-def batch(trained, tmp_path):
-    shutil.copytree(trained.slides, tmp_path / "slides")
-    shutil.copy(trained.manifest, tmp_path / "manifest.csv")
-    shutil.copytree(trained.stores, tmp_path / "stores")
-    shutil.copytree(trained.model, tmp_path / "model")
-    return tmp_path
+def batch(batch_copy):
+    return batch_copy
 
 
 def test_out_naming_a_file_is_a_usage_error_for_every_command(batch):

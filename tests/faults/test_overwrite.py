@@ -11,7 +11,6 @@ Inputs (slides, manifests) are never written, ``--overwrite`` or not.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,10 @@ USER = b"the user's own file: ground truth drawn by a pathologist\n"
 
 
 @pytest.fixture
-def batch(trained, tmp_path):
+def batch(batch_copy):
     """A private copy of the trained batch: ``(root, slides, manifest, stores, model)``."""
-    shutil.copytree(trained.slides, tmp_path / "slides")
-    shutil.copy(trained.manifest, tmp_path / "manifest.csv")
-    shutil.copytree(trained.stores, tmp_path / "stores")
-    shutil.copytree(trained.model, tmp_path / "model")
-    return tmp_path, tmp_path / "slides", tmp_path / "manifest.csv", tmp_path / "stores", tmp_path / "model"
+    root = batch_copy
+    return root, root / "slides", root / "manifest.csv", root / "stores", root / "model"
 
 
 def refused(result, *names: Path) -> str:

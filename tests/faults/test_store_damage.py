@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from slidestream.cli.main import main
 from slidestream.errors import StoreError
 from slidestream.store import SlideStore
 from slidestream.synth import SynthConfig, write_synthetic_slide
+
+from .conftest import cli, ok
+from .conftest import flat as text
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,19 +34,6 @@ PIXELS = ["--target-mpp", "0.5", "--tile-size", "48", "--min-tissue", "0.5", "--
 JPEG = ["--target-mpp", "0.5", "--tile-size", "64", "--min-tissue", "0.5", "--workers", "1"]
 
 
-def cli(*args) -> CliRunner:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(*args):
-    r = cli(*args)
-    assert r.exit_code == 0, r.output
-    return r
-
-
-def text(result) -> str:
-    """The command's output with line wrapping undone (rich wraps long lines at spaces)."""
-    return " ".join(result.output.split())
 
 
 @dataclass
