@@ -101,6 +101,23 @@ def evaluate_froc(detections, annotations, mpp, as_json):
         click.echo(format_froc(result))
 
 
+def _names(ctx, param, value):
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise click.BadParameter("give at least one name (comma list)")
+    return names
+
+
+def _seeds(ctx, param, value):
+    names = _names(ctx, param, value)
+    try:
+        return None if names is None else [int(v) for v in names]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: seeds are whole numbers, e.g. 0,1,2") from None
+
+
 @click.command()
 @click.option("--out", default="demo-output", show_default=True, type=click.Path(path_type=Path))
 @click.option("--slides", "n_slides", default=40, show_default=True, help="Synthetic slides (half with tumour).")
@@ -148,20 +165,72 @@ def demo(out, n_slides, encoder, seed):
               help="Address of a dask.distributed scheduler (tcp://host:8786), or 'local' for a local cluster on "
                    "127.0.0.1, for the tiling and embedding stages.")
 @max_pixels_option
+@click.option("--exclude", multiple=True, metavar="SLIDES",
+              help="Leave these slides out (slide ids or file names without extension; repeat the option or give a "
+                   "comma list), e.g. --exclude test_114, the CAMELYON16 test slide with a known labelling problem. "
+                   "Recorded in bench.json; leaving out test slides re-evaluates without retraining.")
+@click.option("--heads", callback=_names, metavar="LIST",
+              help="Leaderboard: comma list of MIL heads, e.g. abmil,clam_sb,clam_mb,transmil,dsmil,mean_pool,max_pool "
+                   "(or 'all'). Tiles once, embeds once per encoder, trains and evaluates every head on the same "
+                   "splits and seeds and writes leaderboard.csv, bench.json, report.md and report.html; each "
+                   "(encoder, head, seed) is kept under OUT/runs/ and reused when a rerun finds it finished.")
+@click.option("--encoders", callback=_names, metavar="LIST",
+              help="Leaderboard: comma list of encoders, e.g. handcrafted,resnet50-trunc. --weights applies to all "
+                   "of them ('none': deep encoders with random weights).")
+@click.option("--seeds", callback=_seeds, metavar="LIST",
+              help="Leaderboard: comma list of training seeds, e.g. 0,1,2: every number is the mean over seeds, "
+                   "with its standard deviation.")
+@click.option("--baseline", default="mean_pool", show_default=True,
+              help="Leaderboard: the head the others are compared with (paired bootstrap CI of the AUC difference, "
+                   "overall and on micro-metastasis slides); 'none' for no comparison.")
+@click.option("--heatmaps/--no-heatmaps", default=True, show_default=True,
+              help="Leaderboard: GeoJSON and PNG heatmaps of the test slides for the best row, shown in report.html.")
 def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, target_mpp, tile_size, overlap,
-          min_tissue, stain, device, froc_mpp, scheduler, max_pixels):
+          min_tissue, stain, device, froc_mpp, scheduler, max_pixels, exclude, heads, encoders, seeds, baseline,
+          heatmaps):
     """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
     manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
     the official lesion FROC, ROC/FROC plots, bench.json and report.md. Rerunning after an interruption skips
-    finished stages."""
+    finished stages. With --heads, --encoders or --seeds: a leaderboard of every (encoder, head) on the same
+    slides (see --heads)."""
     from ..pipeline.bench import BenchConfig, run_benchmark
     from ..tiling.grid import TilingParams
 
     cfg = BenchConfig(encoder=encoder, weights=weights, head=head, balance=balance, folds=folds, epochs=epochs,
                       seed=seed, stain=stain, device=device, scheduler=scheduler,
                       **({} if froc_mpp is None else {"froc_mpp": froc_mpp}),
+                      exclude=tuple(n for value in exclude for n in value.split(",") if n.strip()),
                       tiling=TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap,
                                           min_tissue=min_tissue))
+    if heads or encoders or seeds:
+        from ..pipeline.leaderboard import DEFAULT_HEADS, LeaderboardConfig, run_leaderboard
+
+        lb = LeaderboardConfig(bench=cfg, encoders=tuple(encoders or [encoder]),
+                               heads=DEFAULT_HEADS if heads == ["all"] else tuple(heads or [head]),
+                               seeds=tuple(seeds or [seed]), baseline=None if baseline == "none" else baseline,
+                               heatmaps=heatmaps)
+        res = run_leaderboard(source, out, lb, reporter=reporter(), max_pixels=max_pixels)
+        _print_leaderboard(res.rows)
+        click.echo(res.summary)
+        click.echo(f"table: {res.leaderboard_csv}\nreport: {res.report_html}\nrecord: {res.record}")
+        click.echo(f"total {res.seconds:.0f} s ({len(res.computed)} run(s) computed, {len(res.reused)} reused)")
+        return
     res = run_benchmark(source, out, cfg, reporter=reporter(), max_pixels=max_pixels)
     print_scores(res.auc, res.froc, res.metrics["n"])
     click.echo(f"report: {res.report}\nrecord: {res.record}")
+
+
+def _print_leaderboard(rows: list[dict]) -> None:
+    def f(v, d=3):
+        return "n/a" if v is None or v != v else f"{v:.{d}f}"
+
+    t = Table(title="leaderboard (test slides)")
+    for c in ("#", "encoder", "head", "AUC [95% CI]", "FROC", "bal. acc.", "ECE", "AUC micro [95% CI]",
+              "Δ micro vs base", "train s"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(str(r["rank"]), r["encoder"], r["head"], f"{f(r['auc'])} [{f(r['auc_ci_low'])}–{f(r['auc_ci_high'])}]",
+                  f(r["froc"]), f(r["balanced_accuracy"]), f(r["ece_class1"]),
+                  f"{f(r['auc_micro'])} [{f(r['auc_micro_ci_low'])}–{f(r['auc_micro_ci_high'])}]",
+                  f(r["delta_auc_micro_vs_baseline"]), f(r["train_seconds"], 1))
+    out.print(t)

@@ -7,13 +7,13 @@ features and the checkpoint are reused when they already match.
 
 Inputs: a folder holding ``manifest.csv`` or ``labels.csv`` (columns ``slide``, ``label``, optional ``split``,
 ``annotation``), a CAMELYON16 folder (``training/normal``, ``training/tumor``, ``testing/images`` with
-``testing/reference.csv``, lesion XMLs in ``lesion_annotations``/``training/lesion_annotations``/
-``testing/lesion_annotations``), or a manifest CSV. Without a ``test`` split, the last 40 % of each class is held out.
+``testing/reference.csv``, lesion XMLs loose or in ``lesion_annotations.zip``, official evaluation masks; the real
+data's quirks are in :mod:`slidestream.pipeline.camelyon`), or a manifest CSV. Without a ``test`` split, the last
+40 % of each class is held out. Several heads and encoders on the same slides: :mod:`slidestream.pipeline.leaderboard`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -37,6 +37,7 @@ from ..mil import TrainConfig
 from ..mil.checkpoint import load_checkpoint
 from ..store import SlideStore
 from ..tiling.grid import TilingParams
+from .camelyon import FrocTruth, camelyon_inputs, exclude_inputs, is_camelyon_folder, prepare_froc_truth
 from .embed import embed_batch
 from .inputs import SlideInput, collect_inputs, store_paths
 from .predict import describe_rows, predict_stores, write_predictions_csv
@@ -69,6 +70,9 @@ class BenchConfig:
     #: slide, whatever its scanner (0.243 or 0.226): it sets the 75 µm lesion growth and the 275 µm ITC size
     #: in pixels, so published FROCs are only comparable at this value.
     froc_mpp: float = L0_MPP
+    #: Slides left out by name (slide id or file name without extension), e.g. ``("test_114",)``, the CAMELYON16
+    #: test slide with a known labelling problem; leaving out test slides re-evaluates without retraining.
+    exclude: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {**asdict(self), "tiling": self.tiling.to_dict()}
@@ -121,36 +125,6 @@ def assign_holdout(inputs: list[SlideInput], test_fraction: float) -> list[Slide
     return inputs
 
 
-def _camelyon_inputs(root: Path) -> list[SlideInput]:
-    exts = {".tif", ".tiff", ".svs"}
-    ann_dirs = [root / "lesion_annotations", root / "training" / "lesion_annotations",
-                root / "testing" / "lesion_annotations"]
-
-    def annotation(stem: str) -> Path | None:
-        for d in ann_dirs:
-            for ext in (".xml", ".geojson", ".json"):
-                if (d / f"{stem}{ext}").is_file():
-                    return d / f"{stem}{ext}"
-        return None
-
-    items = []
-    for sub, label in (("normal", 0), ("tumor", 1)):
-        for p in sorted((root / "training" / sub).glob("*")):
-            if p.suffix.lower() in exts:
-                items.append(SlideInput(p, p.stem, label, "train", annotation(p.stem)))
-    ref = root / "testing" / "reference.csv"
-    labels = {}
-    if ref.is_file():
-        with open(ref, newline="") as f:
-            for row in csv.reader(f):
-                if row:
-                    labels[row[0].strip().lower()] = 1 if row[1].strip().lower() == "tumor" else 0
-    for p in sorted((root / "testing" / "images").glob("*")):
-        if p.suffix.lower() in exts:
-            items.append(SlideInput(p, p.stem, labels.get(p.stem.lower()), "test", annotation(p.stem)))
-    return items
-
-
 def benchmark_inputs(source: str | os.PathLike) -> list[SlideInput]:
     """Slides of a benchmark from a folder (manifest/labels CSV or CAMELYON16 layout) or a manifest CSV."""
     source = Path(source)
@@ -159,8 +133,8 @@ def benchmark_inputs(source: str | os.PathLike) -> list[SlideInput]:
     for name in ("manifest.csv", "labels.csv"):
         if (source / name).is_file():
             return collect_inputs([source / name])
-    if (source / "training").is_dir():
-        return _camelyon_inputs(source)
+    if is_camelyon_folder(source):
+        return camelyon_inputs(source)
     raise ConfigError(f"{source}: no manifest.csv/labels.csv and no CAMELYON16 layout (training/, testing/)")
 
 
@@ -193,6 +167,24 @@ def write_detections(stores: list[Path], rows: list[dict], model_name: str, out_
         write_geojson(out_dir / f"{sid}.points.geojson",
                       point_features(pts[keep], c[keep], offset=(bx, by), slide_size=(bw, bh)))
     return written
+
+
+def lesion_froc(test_stores: list[Path], rows: list[dict], model_name: str, det_dir: Path, gt_dir: Path,
+                truth: FrocTruth, config: BenchConfig) -> dict:
+    """The official lesion FROC of the test slides that ``truth`` can evaluate (detection CSVs written into
+    ``det_dir``, those of slides no longer evaluated removed), against the ground truth in ``gt_dir``."""
+    keep = set(truth.evaluable)
+    write_detections(test_stores, [r for r in rows if r["slide_id"] in keep], model_name, det_dir, config)
+    for stale in det_dir.glob("*.csv"):
+        if stale.stem not in keep:
+            stale.unlink()
+    sizes = {}
+    for path in test_stores:
+        store = SlideStore.open(path)
+        sizes[store.slide_id] = tuple(store.slide["dimensions"])
+    result = evaluate_froc_dirs(det_dir, gt_dir, mpp=config.froc_mpp, slide_sizes=sizes)
+    result["truth"] = truth.to_dict()
+    return result
 
 
 def _versions() -> dict:
@@ -231,6 +223,9 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = source if isinstance(source, list) else benchmark_inputs(source)
+    inputs, excluded, unknown = exclude_inputs(inputs, config.exclude)
+    if unknown:
+        reporter.log(f"[yellow]warning:[/yellow] --exclude {', '.join(unknown)}: no such slide")
     inputs = assign_holdout(inputs, config.test_fraction)
     train = [it for it in inputs if it.split != "test" and it.label is not None]
     test = [it for it in inputs if it.split == "test"]
@@ -249,7 +244,7 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
     train_cfg = TrainConfig(head=config.head, epochs=config.epochs, lr=config.lr, seed=config.seed,
                             device=config.device, patience=None, balance=config.balance)
     # the FROC pixel size only changes the evaluation: another value must not retrain
-    trained_on = {k: v for k, v in config.to_dict().items() if k != "froc_mpp"}
+    trained_on = {k: v for k, v in config.to_dict().items() if k not in ("froc_mpp", "exclude")}
     fingerprint = hashlib.sha256(json.dumps({"config": trained_on,
                                              "train": sorted(it.slide_id for it in train)},
                                             sort_keys=True).encode()).hexdigest()[:16]
@@ -276,18 +271,13 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
     plot_roc(y, p, out_dir / "roc.png", title=f"{config.encoder} + {config.head}: test slides", seed=config.seed)
 
     froc = None
-    annotated = {it.slide_id: it.annotation for it in test if it.annotation}
-    if annotated:
-        det_dir = out_dir / "detections"
-        write_detections(test_stores, rows, model_name, det_dir, config)
-        gt_dir = out_dir / "ground_truth"
-        gt_dir.mkdir(exist_ok=True)
-        for sid, ann in annotated.items():
-            target = gt_dir / f"{sid}{''.join(Path(ann).suffixes)}"
-            if not target.exists():
-                target.write_bytes(Path(ann).read_bytes())
-        sizes = {SlideStore.open(s).slide_id: tuple(SlideStore.open(s).slide["dimensions"]) for s in test_stores}
-        froc = evaluate_froc_dirs(det_dir, gt_dir, mpp=config.froc_mpp, slide_sizes=sizes)
+    truth = prepare_froc_truth(test, out_dir / "ground_truth",
+                               expect_truth=not isinstance(source, list) and is_camelyon_folder(source))
+    for warning in truth.warnings:
+        reporter.log(f"[yellow]warning:[/yellow] {warning}")
+    if truth.defined:
+        froc = lesion_froc(test_stores, rows, model_name, out_dir / "detections", out_dir / "ground_truth", truth,
+                           config)
         plot_froc(froc, out_dir / "froc.png")
 
     seconds = time.perf_counter() - t0
@@ -301,6 +291,9 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
         "splits": {"train": [it.slide_id for it in train], "test": [it.slide_id for it in test]},
         "metrics": metrics,
         "froc": None if froc is None else {k: froc[k] for k in ("sensitivity", "froc", "defined", "mpp")},
+        "froc_truth": truth.to_dict(),
+        "excluded": {"slides": excluded, "not_found": unknown},
+        "warnings": truth.warnings,
         "predictions": rows,
         "seconds": seconds,
     }))
@@ -332,6 +325,11 @@ def _write_report(out_dir: Path, config: BenchConfig, metrics: dict, froc: dict 
         + ", ".join(f"{k} {v}" for k, v in rec["software"].items() if v),
         f"- time {seconds:.0f} s; plots: `roc.png`" + (", `froc.png`" if froc is not None else "")
         + "; record: `bench.json`; predictions: `predictions.csv`",
+    ]
+    if rec.get("excluded", {}).get("slides"):
+        lines.append(f"- left out by --exclude: {', '.join(rec['excluded']['slides'])}")
+    lines += [f"- **warning**: {w}" for w in rec.get("warnings", [])]
+    lines += [
         "",
         "| slide | label | P(tumour) | calibrated | spread |",
         "|---|---|---|---|---|",
