@@ -185,9 +185,18 @@ def demo(out, n_slides, encoder, seed):
                    "overall and on micro-metastasis slides); 'none' for no comparison.")
 @click.option("--heatmaps/--no-heatmaps", default=True, show_default=True,
               help="Leaderboard: GeoJSON and PNG heatmaps of the test slides for the best row, shown in report.html.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Leaderboard: heads trained at the same time, each in its own process on one thread (default: "
+                   "the CPU cores; 1 trains in this process). The numbers do not depend on it.")
+@click.option("--transmil-attention", type=click.Choice(["auto", "nystrom", "exact"]), default="auto",
+              show_default=True,
+              help="Leaderboard: attention of the transmil head. 'nystrom' is the reference's; 'auto' uses exact "
+                   "softmax attention when every bag (padded to TransMIL's square grid, plus its class token) fits in "
+                   "the 256 Nyström landmarks, where Nyström only approximates that same attention at about a "
+                   "hundred times the CPU cost. Recorded per run.")
 def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, target_mpp, tile_size, overlap,
           min_tissue, stain, device, froc_mpp, scheduler, max_pixels, exclude, heads, encoders, seeds, baseline,
-          heatmaps):
+          heatmaps, jobs, transmil_attention):
     """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
     manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
     the official lesion FROC, ROC/FROC plots, bench.json and report.md. Rerunning after an interruption skips
@@ -208,12 +217,13 @@ def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, tar
         lb = LeaderboardConfig(bench=cfg, encoders=tuple(encoders or [encoder]),
                                heads=DEFAULT_HEADS if heads == ["all"] else tuple(heads or [head]),
                                seeds=tuple(seeds or [seed]), baseline=None if baseline == "none" else baseline,
-                               heatmaps=heatmaps)
+                               heatmaps=heatmaps, workers=jobs, transmil_attention=transmil_attention)
         res = run_leaderboard(source, out, lb, reporter=reporter(), max_pixels=max_pixels)
         _print_leaderboard(res.rows)
         click.echo(res.summary)
         click.echo(f"table: {res.leaderboard_csv}\nreport: {res.report_html}\nrecord: {res.record}")
-        click.echo(f"total {res.seconds:.0f} s ({len(res.computed)} run(s) computed, {len(res.reused)} reused)")
+        click.echo(f"total {res.seconds:.0f} s ({len(res.trained)} run(s) trained, {len(res.computed)} evaluated, "
+                   f"{len(res.reused)} reused)")
         return
     res = run_benchmark(source, out, cfg, reporter=reporter(), max_pixels=max_pixels)
     print_scores(res.auc, res.froc, res.metrics["n"])

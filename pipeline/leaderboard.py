@@ -23,13 +23,14 @@ deterministic on CPU, :mod:`slidestream.mil.train`); only the training times dif
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import re
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +39,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..evaluation import binary_metrics, plot_froc, plot_reliability, plot_roc
-from ..evaluation.compare import auc_over_seeds, paired_auc_difference
 from ..evaluation.metrics import _calibration_bins, roc_auc
-from ..fileio import atomic_open, atomic_write, strict_json, write_json
+from ..fileio import strict_json, write_json
 from ..mil import TrainConfig, list_heads
 from ..mil.checkpoint import load_checkpoint
 from ..models.registry import get_preset
@@ -49,21 +49,21 @@ from .bench import BenchConfig, _versions, assign_holdout, benchmark_inputs, les
 from .camelyon import LESION_TYPES, FrocTruth, exclude_inputs, is_camelyon_folder, lesion_type, prepare_froc_truth
 from .embed import embed_batch
 from .inputs import SlideInput, store_paths
+from .leaderboard_table import CSV_COLUMNS, leaderboard_table, summary_line, write_csv, write_markdown
 from .outputs import write_slide_outputs
 from .predict import describe_rows, predict_stores
 from .reporting import QuietReporter, Reporter
 from .tile import tile_batch
 from .train import train_from_stores
 
-__all__ = ["DEFAULT_HEADS", "LeaderboardConfig", "LeaderboardResult", "run_leaderboard", "summary_line"]
+__all__ = ["CSV_COLUMNS", "DEFAULT_HEADS", "LeaderboardConfig", "LeaderboardResult", "run_leaderboard",
+           "summary_line"]
 
 #: Every registered head family, baselines last.
 DEFAULT_HEADS = ("abmil", "clam_sb", "clam_mb", "transmil", "dsmil", "mean_pool", "max_pool")
 
 #: Bump when what a pair's result.json holds changes: older results are recomputed.
 RESULT_VERSION = 1
-
-_LABELS = {"macro": "macro-metastasis", "micro": "micro-metastasis", "itc": "ITC-only"}
 
 
 @dataclass
@@ -89,6 +89,16 @@ class LeaderboardConfig:
         Bootstrap resamples of every interval.
     bootstrap_seed : int
         Seed of the resampling (the same resamples for every row, so differences are paired).
+    workers : int or None
+        Heads trained at the same time, each in its own process with one thread (default: the CPU cores); 1 trains
+        in this process. The numbers do not depend on it.
+    transmil_attention : {"auto", "nystrom", "exact"}
+        Attention of the ``transmil`` head. "nystrom" is the reference's. "auto" (default) uses exact softmax
+        attention when every bag, padded to TransMIL's square token grid plus its class token, has no more tokens
+        than the Nyström landmarks (256): the landmarks are then the tokens themselves and Nyström only
+        approximates this very attention, through an iterative pseudo-inverse that costs about a hundred times more
+        on a CPU; the pad tokens the reference's Nyström step attends to are the remaining difference. Larger bags
+        use Nyström. The choice is recorded per run (``head_kwargs``).
     """
 
     bench: BenchConfig = field(default_factory=lambda: BenchConfig(weights="none"))
@@ -99,6 +109,8 @@ class LeaderboardConfig:
     heatmaps: bool = True
     n_bootstrap: int = 1000
     bootstrap_seed: int = 0
+    workers: int | None = None
+    transmil_attention: str = "auto"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad value (unknown head or encoder, repeated names)."""
@@ -114,13 +126,19 @@ class LeaderboardConfig:
                 raise ConfigError(f"unknown MIL head {h!r}; choose from {', '.join(sorted(known))}")
         for e in self.encoders:
             get_preset(e)
+        if self.transmil_attention not in ("auto", "nystrom", "exact"):
+            raise ConfigError("transmil_attention must be 'auto', 'nystrom' or 'exact', "
+                              f"got {self.transmil_attention!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.n_bootstrap < 0:
             raise ConfigError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}")
 
     def to_dict(self) -> dict:
         return {"bench": self.bench.to_dict(), "encoders": list(self.encoders), "heads": list(self.heads),
                 "seeds": list(self.seeds), "baseline": self.baseline, "heatmaps": self.heatmaps,
-                "n_bootstrap": self.n_bootstrap, "bootstrap_seed": self.bootstrap_seed}
+                "n_bootstrap": self.n_bootstrap, "bootstrap_seed": self.bootstrap_seed, "workers": self.workers,
+                "transmil_attention": self.transmil_attention}
 
 
 @dataclass
@@ -135,8 +153,9 @@ class LeaderboardResult:
     report_html: Path
     summary: str
     seconds: float
-    computed: list[str] = field(default_factory=list)  # "<encoder>/<head>/seed-<s>" trained or evaluated this run
-    reused: list[str] = field(default_factory=list)  # … loaded from an earlier run
+    trained: list[str] = field(default_factory=list)  # "<encoder>/<head>/seed-<s>" trained this run
+    computed: list[str] = field(default_factory=list)  # … evaluated this run (trained now or before)
+    reused: list[str] = field(default_factory=list)  # … whose finished result an earlier run left
 
 
 def _head_key(name: str) -> str:
@@ -163,6 +182,21 @@ class _Context:
     truth: FrocTruth
     config: LeaderboardConfig
     reporter: Reporter
+    max_tiles: int = 0  # the largest bag, in tiles
+
+
+#: TransMIL's default Nyström landmarks (``hidden_dim // 2``).
+_TRANSMIL_LANDMARKS = 256
+
+
+def _head_kwargs(ctx: _Context, head: str) -> dict:
+    """Hyper-parameters a head gets in this leaderboard (only TransMIL's attention is ever set)."""
+    if _head_key(head) != "transmil" or ctx.config.transmil_attention == "nystrom":
+        return {}
+    if ctx.config.transmil_attention == "exact":
+        return {"attention": "exact"}
+    tokens = math.ceil(math.sqrt(max(ctx.max_tiles, 1))) ** 2 + 1
+    return {"attention": "exact"} if tokens <= _TRANSMIL_LANDMARKS else {}
 
 
 def _pair_config(ctx: _Context, encoder: str, head: str, seed: int) -> BenchConfig:
@@ -172,7 +206,8 @@ def _pair_config(ctx: _Context, encoder: str, head: str, seed: int) -> BenchConf
 def _fingerprints(ctx: _Context, cfg: BenchConfig) -> tuple[str, str]:
     """(training fingerprint, whole-result fingerprint) of one pair."""
     trained_on = {k: v for k, v in cfg.to_dict().items() if k not in ("froc_mpp", "exclude")}
-    train_fp = _hash({"config": trained_on, "train": sorted(it.slide_id for it in ctx.train)})
+    train_fp = _hash({"config": trained_on, "train": sorted(it.slide_id for it in ctx.train),
+                      **({"head_kwargs": kw} if (kw := _head_kwargs(ctx, cfg.head)) else {})})
     result_fp = _hash({"train": train_fp, "test": sorted(it.slide_id for it in ctx.test),
                        "labels": {it.slide_id: [it.label, it.meta.get("lesion_type", "")] for it in ctx.test},
                        "froc_mpp": cfg.froc_mpp, "truth": ctx.truth.to_dict(), "nms": cfg.nms_radius_um,
@@ -194,41 +229,121 @@ def _subset_auc(rows: list[dict], t: str, n_bootstrap: int, seed: int) -> dict:
     return out
 
 
-def _run_pair(ctx: _Context, encoder: str, head: str, seed: int) -> tuple[dict, bool]:
-    """Train (or reuse) and evaluate one (encoder, head, seed); returns its result and whether it was computed."""
+@dataclass
+class _Pair:
+    """One (encoder, head, seed): where it lives, its fingerprints, and what an earlier run left of it."""
+
+    encoder: str
+    head: str
+    seed: int
+    cfg: BenchConfig
+    head_kwargs: dict
+    dir: Path
+    train_fp: str
+    result_fp: str
+    result: dict | None = None  # a finished result of this very pair
+    trained: dict | None = None  # its training record, when the checkpoint matches
+
+    @property
+    def key(self) -> str:
+        return f"{_safe(self.encoder)}/{_safe(_head_key(self.head))}/seed-{self.seed}"
+
+
+def _plan_pair(ctx: _Context, encoder: str, head: str, seed: int) -> _Pair:
     cfg = _pair_config(ctx, encoder, head, seed)
-    pair_dir = ctx.out_dir / "runs" / _safe(encoder) / _safe(_head_key(head)) / f"seed-{seed}"
-    train_fp, result_fp = _fingerprints(ctx, cfg)
-    result_path = pair_dir / "result.json"
+    pair = _Pair(encoder, _head_key(head), int(seed), cfg, _head_kwargs(ctx, head),
+                 ctx.out_dir / "runs" / _safe(encoder) / _safe(_head_key(head)) / f"seed-{seed}",
+                 *_fingerprints(ctx, cfg))
+    result_path = pair.dir / "result.json"
     if result_path.is_file():
         try:
             old = json.loads(result_path.read_text())
         except (OSError, ValueError):
             old = {}
-        if old.get("fingerprint") == result_fp:
-            return old, False
-    checkpoint = pair_dir / "model"
-    train_record = pair_dir / "train.json"
-    trained = None
-    if (checkpoint / "config.json").is_file() and train_record.is_file():
+        if old.get("fingerprint") == pair.result_fp:
+            pair.result = old
+            return pair
+    checkpoint, record = pair.dir / "model", pair.dir / "train.json"
+    if (checkpoint / "config.json").is_file() and record.is_file():
         _, _, meta = load_checkpoint(checkpoint)
-        rec = json.loads(train_record.read_text())
-        if meta.get("bench_fingerprint") == train_fp and rec.get("fingerprint") == train_fp:
-            trained = rec
-    if trained is None:
-        train_cfg = TrainConfig(head=cfg.head, epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, device=cfg.device,
-                                patience=None, balance=cfg.balance)
-        summary = train_from_stores(ctx.train, ctx.stores_dir, encoder, checkpoint, train_cfg, folds=cfg.folds,
-                                    meta={"bench_fingerprint": train_fp}, reporter=ctx.reporter)
-        trained = {"fingerprint": train_fp, "seconds": summary.seconds, "n_slides": summary.n_slides,
-                   "folds": summary.folds, "temperature": summary.temperature,
-                   "cv_auc": summary.cv_metrics.get("auc"), "left_out": [o.slide_id for o in summary.failed]}
-        write_json(train_record, trained)
-    else:
-        ctx.reporter.log(f"{encoder} + {head} (seed {seed}): checkpoint up to date, training skipped")
+        rec = json.loads(record.read_text())
+        if meta.get("bench_fingerprint") == pair.train_fp and rec.get("fingerprint") == pair.train_fp:
+            pair.trained = rec
+    return pair
+
+
+def _train_pair(train: list[SlideInput], stores_dir: Path, encoder: str, pair_dir: Path, cfg: BenchConfig,
+                head_kwargs: dict, train_fp: str, reporter: Reporter | None = None) -> dict:
+    """Cross-validate one head on one encoder's features into ``pair_dir/model``; writes and returns its training
+    record. Module-level so that worker processes can run it."""
+    train_cfg = TrainConfig(head=cfg.head, head_kwargs=dict(head_kwargs), epochs=cfg.epochs, lr=cfg.lr,
+                            seed=cfg.seed, device=cfg.device, patience=None, balance=cfg.balance)
+    summary = train_from_stores(train, stores_dir, encoder, pair_dir / "model", train_cfg, folds=cfg.folds,
+                                meta={"bench_fingerprint": train_fp}, reporter=reporter)
+    record = {"fingerprint": train_fp, "head_kwargs": head_kwargs, "seconds": summary.seconds,
+              "n_slides": summary.n_slides, "folds": summary.folds, "temperature": summary.temperature,
+              "cv_auc": summary.cv_metrics.get("auc"),
+              "left_out": [o.slide_id for o in summary.failed]}
+    write_json(pair_dir / "train.json", record)
+    return record
+
+
+def _worker_init(parent: int) -> None:
+    """Worker processes die with the leaderboard (Linux: ``prctl(PR_SET_PDEATHSIG)``) rather than finish a
+    training nobody waits for; elsewhere they stop after their current task."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _train_all(ctx: _Context, pairs: list[_Pair], workers: int) -> None:
+    """Train every pair that needs it, ``workers`` at a time (each training uses one thread; one worker trains
+    in this process). A pair's checkpoint and record are kept as soon as it is done."""
+    if not pairs:
+        return
+    with ctx.reporter.task(f"train {len(pairs)} head(s) on {workers} worker(s)", len(pairs)) as task:
+        if workers <= 1:
+            for i, pair in enumerate(pairs, start=1):
+                pair.trained = _train_pair(ctx.train, ctx.stores_dir, pair.encoder, pair.dir, pair.cfg,
+                                           pair.head_kwargs, pair.train_fp, ctx.reporter)
+                ctx.reporter.log(f"trained {pair.encoder} + {pair.head} (seed {pair.seed}) in "
+                                 f"{pair.trained['seconds']:.0f} s")
+                task.update(i)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn: torch's thread pools do not survive fork
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+            futures = {pool.submit(_train_pair, ctx.train, ctx.stores_dir, p.encoder, p.dir, p.cfg, p.head_kwargs,
+                                   p.train_fp): p for p in pairs}
+            try:
+                for i, fut in enumerate(as_completed(futures), start=1):
+                    pair = futures[fut]
+                    pair.trained = fut.result()
+                    ctx.reporter.log(f"trained {pair.encoder} + {pair.head} (seed {pair.seed}) in "
+                                     f"{pair.trained['seconds']:.0f} s")
+                    task.update(i)
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+
+
+def _evaluate_pair(ctx: _Context, pair: _Pair) -> dict:
+    """Predict the test slides with a trained pair and evaluate it; writes and returns its ``result.json``."""
+    encoder, head, seed, cfg, pair_dir, trained = pair.encoder, pair.head, pair.seed, pair.cfg, pair.dir, pair.trained
     model_name = _model_name(encoder, head, seed)
     t0 = time.perf_counter()
-    rows, outcomes = predict_stores(ctx.test_stores, checkpoint, model_name=model_name, reporter=ctx.reporter)
+    rows, outcomes = predict_stores(ctx.test_stores, pair_dir / "model", model_name=model_name,
+                                    reporter=ctx.reporter)
     describe_rows(rows, ctx.test)
     rows.sort(key=lambda r: r["slide_id"])
     predict_seconds = time.perf_counter() - t0
@@ -245,8 +360,9 @@ def _run_pair(ctx: _Context, encoder: str, head: str, seed: int) -> tuple[dict, 
     curves = _curves(y, p, froc)
     _pair_plots(pair_dir, y, p, froc, f"{encoder} + {head}", boot)
     result = {
-        "fingerprint": result_fp, "train_fingerprint": train_fp, "encoder": encoder, "head": _head_key(head),
-        "seed": int(seed), "model_name": model_name, "dir": pair_dir.relative_to(ctx.out_dir).as_posix(),
+        "fingerprint": pair.result_fp, "train_fingerprint": pair.train_fp, "encoder": encoder, "head": head,
+        "seed": seed, "head_kwargs": pair.head_kwargs, "model_name": model_name,
+        "dir": pair_dir.relative_to(ctx.out_dir).as_posix(),
         "train_seconds": trained.get("seconds"), "predict_seconds": predict_seconds, "cv_auc": trained.get("cv_auc"),
         "metrics": metrics, "by_lesion_type": by_type,
         "froc": None if froc is None else {k: froc[k] for k in ("sensitivity", "froc", "defined", "mpp", "n_slides",
@@ -256,8 +372,8 @@ def _run_pair(ctx: _Context, encoder: str, head: str, seed: int) -> tuple[dict, 
         "predictions": [{k: r.get(k) for k in ("slide_id", "label", "lesion_type", "probability",
                                                 "calibrated_probability", "uncertainty", "tiles")} for r in rows],
     }
-    write_json(result_path, result)
-    return json.loads(result_path.read_text()), True
+    write_json(pair_dir / "result.json", result)
+    return json.loads((pair_dir / "result.json").read_text())
 
 
 def _thin(x: list, y: list, n: int = 400) -> tuple[list, list]:
@@ -291,160 +407,6 @@ def _pair_plots(pair_dir: Path, y: np.ndarray, p: np.ndarray, froc: dict | None,
     plot_reliability(y, p, pair_dir / "reliability.png", title=title)
     if froc is not None:
         plot_froc(froc, pair_dir / "froc.png")
-
-
-# ---------------------------------------------------------------------------------------------------- the table
-def _mean_sd(values: list) -> tuple[float, float]:
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    if not v:
-        return math.nan, math.nan
-    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-
-
-def _probs(results: list[dict], ids: list[str]) -> np.ndarray:
-    """``(S, n)`` calibrated probabilities of the seeds' results for the slides ``ids``."""
-    out = []
-    for res in results:
-        by_id = {r["slide_id"]: r["calibrated_probability"] for r in res["predictions"]}
-        out.append([by_id[s] for s in ids])
-    return np.asarray(out, dtype=np.float64)
-
-
-def _table(pairs: list[dict], config: LeaderboardConfig) -> tuple[list[dict], dict]:
-    """One row per (encoder, head) over its seeds, and the paired comparisons with the baseline."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for res in pairs:
-        groups.setdefault((res["encoder"], res["head"]), []).append(res)
-    first = pairs[0]["predictions"]
-    labelled = [r for r in first if r.get("label") is not None]
-    ids = [r["slide_id"] for r in labelled]
-    y = np.array([r["label"] for r in labelled], dtype=np.int64)
-    types = np.array([lesion_type(r.get("lesion_type")) for r in labelled])
-    subsets = {"all": np.ones(len(ids), bool), **{t: (y == 0) | (types == t) for t in LESION_TYPES}}
-    nb, boot = config.n_bootstrap, config.bootstrap_seed
-    rows, comparisons = [], {}
-    baseline = _head_key(config.baseline) if config.baseline else None
-    for (encoder, head), results in groups.items():
-        probs = _probs(results, ids)
-        overall = auc_over_seeds(y, probs, n_bootstrap=nb, seed=boot)
-        row = {"encoder": encoder, "head": head, "seeds": len(results),
-               "auc": overall["auc"], "auc_ci_low": overall["auc_ci_low"], "auc_ci_high": overall["auc_ci_high"],
-               "auc_sd": overall["auc_sd"]}
-        frocs = [r["froc"]["froc"] if r.get("froc") and r["froc"].get("defined") else None for r in results]
-        row["froc"], row["froc_sd"] = _mean_sd(frocs)
-        for key in ("balanced_accuracy", "ece_class1", "ece_top_label", "brier"):
-            row[key], row[f"{key}_sd"] = _mean_sd([r["metrics"].get(key) for r in results])
-        for t in LESION_TYPES:
-            m = subsets[t]
-            sub = auc_over_seeds(y[m], probs[:, m], n_bootstrap=nb, seed=boot)
-            row[f"auc_{t}"], row[f"auc_{t}_ci_low"], row[f"auc_{t}_ci_high"] = (
-                sub["auc"], sub["auc_ci_low"], sub["auc_ci_high"])
-            row[f"n_{t}"] = sub["n_pos"]
-        row["train_seconds"], row["train_seconds_sd"] = _mean_sd([r.get("train_seconds") for r in results])
-        rows.append(row)
-    if baseline is not None and any(h == baseline for _, h in groups):
-        for (encoder, head), results in groups.items():
-            base = groups.get((encoder, baseline))
-            if base is None or head == baseline:
-                continue
-            pa, pb = _probs(results, ids), _probs(base, ids)
-            comparisons[f"{encoder}/{head}"] = {
-                name: paired_auc_difference(y[m], pa[:, m], pb[:, m], n_bootstrap=nb, seed=boot)
-                for name, m in subsets.items()}
-    for row in rows:
-        comp = comparisons.get(f"{row['encoder']}/{row['head']}")
-        for name in ("all", "micro"):
-            d = (comp or {}).get(name, {})
-            suffix = "" if name == "all" else f"_{name}"
-            row[f"delta_auc{suffix}_vs_baseline"] = d.get("delta", math.nan)
-            row[f"delta_auc{suffix}_ci_low"] = d.get("ci_low", math.nan)
-            row[f"delta_auc{suffix}_ci_high"] = d.get("ci_high", math.nan)
-    rows.sort(key=lambda r: (-r["auc"] if math.isfinite(r["auc"]) else math.inf, r["encoder"], r["head"]))
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
-    return rows, comparisons
-
-
-CSV_COLUMNS = ["rank", "encoder", "head", "seeds", "auc", "auc_ci_low", "auc_ci_high", "auc_sd", "froc", "froc_sd",
-               "balanced_accuracy", "balanced_accuracy_sd", "ece_class1", "ece_class1_sd", "ece_top_label",
-               "ece_top_label_sd", "brier",
-               *[f"{k}{s}" for t in LESION_TYPES for k in (f"auc_{t}",) for s in ("", "_ci_low", "_ci_high")],
-               *[f"n_{t}" for t in LESION_TYPES],
-               "delta_auc_vs_baseline", "delta_auc_ci_low", "delta_auc_ci_high",
-               "delta_auc_micro_vs_baseline", "delta_auc_micro_ci_low", "delta_auc_micro_ci_high",
-               "train_seconds"]
-
-
-def _write_csv(path: Path, rows: list[dict]) -> Path:
-    def cell(v):
-        if isinstance(v, float):
-            return "" if not math.isfinite(v) else f"{v:.6g}"
-        return v
-
-    with atomic_open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(CSV_COLUMNS)
-        for r in rows:
-            w.writerow([cell(r.get(c)) for c in CSV_COLUMNS])
-    return path
-
-
-def _f(v, digits: int = 3) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
-
-
-def _ci(row: dict, key: str) -> str:
-    return f"{_f(row[key])} [{_f(row[f'{key}_ci_low'])}–{_f(row[f'{key}_ci_high'])}]"
-
-
-def summary_line(rows: list[dict], comparisons: dict, baseline: str | None = "mean_pool") -> str:
-    """One line that reads the leaderboard: the best row with its CI, and on micro-metastasis slides the best
-    head's gap to the baseline with the paired CI (real when the interval excludes 0)."""
-    if not rows:
-        return "no result"
-    best = rows[0]
-    text = f"best: {best['encoder']} + {best['head']}, slide AUC {_ci(best, 'auc')}"
-    if math.isfinite(best.get("froc", math.nan)):
-        text += f", FROC {_f(best['froc'])}"
-    base = _head_key(baseline) if baseline else None
-    cands = [r for r in rows if r["encoder"] == best["encoder"] and r["head"] != base
-             and f"{r['encoder']}/{r['head']}" in comparisons and math.isfinite(r.get("auc_micro", math.nan))]
-    base_row = next((r for r in rows if r["encoder"] == best["encoder"] and r["head"] == base), None)
-    if cands and base_row is not None and best["n_micro"]:
-        top = max(cands, key=lambda r: r["auc_micro"])
-        d = comparisons[f"{top['encoder']}/{top['head']}"]["micro"]
-        verdict = ("a real gap" if d["ci_low"] > 0 else "a gap the CI cannot tell from 0" if d["ci_high"] >= 0
-                   else f"{base} is better")
-        text += (f"; on the {best['n_micro']} micro-metastasis slides {top['head']} reaches AUC {_f(top['auc_micro'])}"
-                 f" against {_f(base_row['auc_micro'])} for {base}: Δ {_f(d['delta'])} "
-                 f"[{_f(d['ci_low'])}–{_f(d['ci_high'])}], {verdict}")
-    return text
-
-
-def _write_markdown(path: Path, rows: list[dict], summary: str, record: dict) -> Path:
-    cfg = record["config"]
-    b = cfg["bench"]
-    lines = ["# slidestream leaderboard", "", f"**{summary}**", "",
-             f"- {len(record['splits']['train'])} training slides, {len(record['splits']['test'])} test slides; "
-             f"encoders {', '.join(cfg['encoders'])} (weights: {b['weights']}), seeds {cfg['seeds']}, "
-             f"{b['folds']}-fold CV, {b['epochs']} epochs, lr {b['lr']}, balance {b['balance']}",
-             f"- tiling: {b['tiling']['tile_size']} px at {b['tiling']['mpp']} µm/px; FROC at {b['froc_mpp']:g} µm/px",
-             f"- time {record['seconds']:.0f} s; table: `leaderboard.csv`; record: `bench.json`; "
-             "page: `report.html`; per run: `runs/<encoder>/<head>/seed-<seed>/`"]
-    if record["excluded"]["slides"]:
-        lines.append(f"- left out by --exclude: {', '.join(record['excluded']['slides'])}")
-    lines += [f"- **warning**: {w}" for w in record["warnings"]]
-    lines += ["", "| # | encoder | head | AUC [95 % CI] | FROC | bal. acc. | ECE (class 1) | ECE (top label) | "
-              "AUC macro | AUC micro | AUC ITC | Δ AUC micro vs baseline | train s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        delta = (f"{_f(r['delta_auc_micro_vs_baseline'])} [{_f(r['delta_auc_micro_ci_low'])}–"
-                 f"{_f(r['delta_auc_micro_ci_high'])}]")
-        lines.append(f"| {r['rank']} | {r['encoder']} | {r['head']} | {_ci(r, 'auc')} | {_f(r['froc'])} | "
-                     f"{_f(r['balanced_accuracy'])} | {_f(r['ece_class1'])} | {_f(r['ece_top_label'])} | "
-                     f"{_ci(r, 'auc_macro')} | {_ci(r, 'auc_micro')} | {_ci(r, 'auc_itc')} | {delta} | "
-                     f"{_f(r['train_seconds'], 1)} |")
-    return atomic_write(path, "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------- heatmaps
@@ -537,21 +499,26 @@ def run_leaderboard(source: str | os.PathLike | list[SlideInput], out_dir: str |
     for w in warnings:
         reporter.log(f"[yellow]warning:[/yellow] {w}")
     test_stores = [p for p in store_paths(stores_dir, [it.slide_id for it in test]) if p.exists()]
-    ctx = _Context(out_dir, stores_dir, train, test, test_stores, truth, config, reporter)
-    pairs, computed, reused = [], [], []
+    ctx = _Context(out_dir, stores_dir, train, test, test_stores, truth, config, reporter,
+                   max(SlideStore.open(p).n_tiles for p in store_paths(stores_dir, present)))
+    plan = [_plan_pair(ctx, e, h, s) for e in config.encoders for h in config.heads for s in config.seeds]
+    to_train = [p for p in plan if p.result is None and p.trained is None]
     t = time.perf_counter()
-    for encoder in config.encoders:
-        for head in config.heads:
-            for seed in config.seeds:
-                key = f"{_safe(encoder)}/{_safe(_head_key(head))}/seed-{seed}"
-                res, fresh = _run_pair(ctx, encoder, head, seed)
-                (computed if fresh else reused).append(key)
-                reporter.log(f"{'done' if fresh else 'reused'} {encoder} + {head} (seed {seed}): "
-                             f"AUC {_f(res['metrics']['auc'])}"
-                             + (f", FROC {_f(res['froc']['froc'])}" if res.get("froc") else ""))
-                pairs.append(res)
-    timings["heads"] = time.perf_counter() - t
-    rows, comparisons = _table(pairs, config)
+    _train_all(ctx, to_train, min(config.workers or os.cpu_count() or 1, len(to_train)))
+    timings["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pairs, computed, reused = [], [], []
+    for pair in plan:
+        fresh = pair.result is None
+        res = _evaluate_pair(ctx, pair) if fresh else pair.result
+        (computed if fresh else reused).append(pair.key)
+        reporter.log(f"{'done' if fresh else 'reused'} {pair.encoder} + {pair.head} (seed {pair.seed}): "
+                     f"AUC {res['metrics']['auc']:.3f}"
+                     + (f", FROC {res['froc']['froc']:.3f}" if res.get("froc") else ""))
+        pairs.append(res)
+    timings["evaluate"] = time.perf_counter() - t
+    rows, comparisons = leaderboard_table(pairs, baseline=config.baseline, n_bootstrap=config.n_bootstrap,
+                                          bootstrap_seed=config.bootstrap_seed)
     summary = summary_line(rows, comparisons, config.baseline)
     heatmaps = _heatmaps(ctx, rows[0], pairs) if config.heatmaps and rows else {}
     seconds = time.perf_counter() - t0
@@ -566,14 +533,14 @@ def run_leaderboard(source: str | os.PathLike | list[SlideInput], out_dir: str |
         "comparisons": {"baseline": config.baseline, "pairs": comparisons},
         "summary": summary,
         "runs": [{k: v for k, v in r.items() if k not in ("curves", "predictions")} for r in pairs],
-        "computed": computed, "reused": reused,
+        "trained": [p.key for p in to_train], "computed": computed, "reused": reused,
         "timings": timings,
         "seconds": seconds,
     })
     record = write_json(out_dir / "bench.json", record_data)
-    csv_path = _write_csv(out_dir / "leaderboard.csv", rows)
-    report = _write_markdown(out_dir / "report.md", rows, summary, record_data)
+    csv_path = write_csv(out_dir / "leaderboard.csv", rows)
+    report = write_markdown(out_dir / "report.md", rows, summary, record_data)
     html = write_report_html(out_dir / "report.html", record_data, pairs, heatmaps, test)
     return LeaderboardResult(out_dir=out_dir, rows=rows, pairs=pairs, warnings=warnings, leaderboard_csv=csv_path,
                              record=record, report=report, report_html=html, summary=summary, seconds=seconds,
-                             computed=computed, reused=reused)
+                             trained=[p.key for p in to_train], computed=computed, reused=reused)

@@ -277,7 +277,9 @@ def _runs_list(pairs: list[dict]) -> str:
         base = res["dir"]
         links = " · ".join(f'<a href="{_e(base)}/{name}">{name}</a>'
                            for name in ("result.json", "roc.png", "froc.png", "reliability.png"))
-        items.append(f"<li>{_e(res['encoder'])} + {_e(res['head'])}, seed {res['seed']}: AUC "
+        kw = ", ".join(f"{k}={v}" for k, v in (res.get("head_kwargs") or {}).items())
+        items.append(f"<li>{_e(res['encoder'])} + {_e(res['head'])}{f' ({_e(kw)})' if kw else ''}, "
+                     f"seed {res['seed']}: AUC "
                      f"{_num(res['metrics'].get('auc'))}, trained in {_num(res.get('train_seconds'), 1)} s — {links}"
                      "</li>")
     return "<ul class='small'>" + "".join(items) + "</ul>"
