@@ -109,19 +109,52 @@ def exit_for(outcomes) -> None:
         sys.exit(1)
 
 
-def print_predictions(rows) -> None:
+def print_predictions(rows, classes=None) -> None:
+    """One row per slide: the positive class's probability for two classes (``P(tumour)`` for 0/1 labels), or
+    the predicted class, its calibrated probability and every class's for more (``classes``: a ClassSet)."""
     t = Table(title="predictions")
-    for c in ("slide", "P(tumour)", "calibrated", "spread", "tiles", "label"):
-        t.add_column(c, justify="right" if c != "slide" else "left")
+    multi = classes is not None and not classes.binary
+    if multi:
+        heads = ["slide", "prediction", "confidence", "spread", *[f"P({n})" for n in classes.names], "tiles", "label"]
+    else:
+        positive = "tumour" if classes is None or classes.is_index else classes.positive
+        heads = ["slide", f"P({positive})", "calibrated", "spread", "tiles", "label"]
+    for c in heads:
+        t.add_column(c, justify="right" if c not in ("slide", "prediction") else "left")
     for r in rows:
-        t.add_row(r["slide_id"], f"{r['probability']:.3f}", f"{r['calibrated_probability']:.3f}",
-                  f"{r['uncertainty']:.3f}", str(r["tiles"]), str(r.get("label", "")))
+        if multi:
+            t.add_row(r["slide_id"], str(r["prediction"]), f"{r['confidence']:.3f}", f"{r['uncertainty']:.3f}",
+                      *[f"{r[f'calibrated_prob_{n}']:.3f}" for n in classes.names], str(r["tiles"]),
+                      str(r.get("label", "")))
+        else:
+            t.add_row(r["slide_id"], f"{r['probability']:.3f}", f"{r['calibrated_probability']:.3f}",
+                      f"{r['uncertainty']:.3f}", str(r["tiles"]), str(r.get("label", "")))
     out.print(t)
 
 
-def print_scores(auc: dict, froc: dict | None, n: int) -> None:
-    click.echo(f"held-out slide AUC: {auc['auc']:.3f} (95% CI {auc['auc_ci_low']:.3f}–{auc['auc_ci_high']:.3f}) "
-               f"on {n} slides")
+def classes_option(f):
+    """``--classes A,B,C``: the order of named classes."""
+    return click.option(
+        "--classes", default=None, metavar="A,B,…",
+        help="Order of the class names of the manifest's 'label' column, comma-separated (e.g. LUAD,LUSC,MESO). "
+             "Default: the names sorted; integer labels (0, 1, 2 …) are their own order. With two classes the "
+             "second is the positive one: 'probability' is P(second class). Sorted, Metastasis,Normal would make "
+             "Normal positive, so give --classes Normal,Metastasis. Every label must be one of them; the order "
+             "is saved in the checkpoint and names the prediction columns (prob_<class> for more than two).")(f)
+
+
+def print_scores(auc: dict, froc: dict | None, n: int, classes=None, metrics: dict | None = None) -> None:
+    if classes is not None and not classes.binary:
+        m = metrics or {}
+        click.echo(f"held-out macro one-vs-rest AUC: {auc['auc']:.3f} (95% CI {auc['auc_ci_low']:.3f}–"
+                   f"{auc['auc_ci_high']:.3f}) on {n} slides, {classes.n} classes; balanced accuracy "
+                   f"{m.get('balanced_accuracy', float('nan')):.3f}")
+        per = m.get("per_class", {})
+        if per:
+            click.echo("per-class AUC: " + ", ".join(f"{k} {v['auc']:.3f}" for k, v in per.items()))
+    else:
+        click.echo(f"held-out slide AUC: {auc['auc']:.3f} (95% CI {auc['auc_ci_low']:.3f}–{auc['auc_ci_high']:.3f}) "
+                   f"on {n} slides")
     if froc is not None:
         sens = "  ".join(f"{k} FP/slide: {v:.3f}" for k, v in froc["sensitivity"].items())
         click.echo(f"lesion FROC: {froc['froc']:.3f}  ({sens})")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from ._common import err, exit_for, max_pixels_option, print_predictions, reporter, scheduler_option, summary_table
+from ._common import (classes_option, err, exit_for, max_pixels_option, print_predictions, reporter, scheduler_option,
+                      summary_table)
 
 __all__ = ["heatmap", "predict", "run", "train"]
 
@@ -30,11 +31,13 @@ __all__ = ["heatmap", "predict", "run", "train"]
 @click.option("--lr", default=2e-4, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed, device):
+@classes_option
+def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed, device, classes):
     """Train a MIL head on labelled slides (MANIFEST: slide,label[,split,patient] CSV); save the fold ensemble.
 
-    Slides with split 'test' are left out. The checkpoint (safetensors + JSON) records the encoder and tiling,
-    so `slidestream run --model` can process new slides the same way.
+    Labels are class indices (0, 1, 2 …) or class names (LUAD, LUSC …; see --classes); two or more classes. Slides
+    with split 'test' are left out. The checkpoint (safetensors + JSON) records the classes, the encoder and the
+    tiling, so `slidestream run --model` can process new slides the same way.
     """
     from ..pipeline.inputs import collect_inputs
     from ..mil import TrainConfig
@@ -42,11 +45,21 @@ def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed
 
     cfg = TrainConfig(head=head, epochs=epochs, lr=lr, seed=seed, device=device, patience=None, balance=balance)
     summary = train_from_stores(collect_inputs([manifest]), stores, encoder, out, cfg, folds=folds,
-                                reporter=reporter())
-    m = summary.cv_metrics
-    click.echo(f"{summary.folds}-fold CV on {summary.n_slides} slides: out-of-fold AUC {m.get('auc', float('nan')):.3f} "
-               f"(95% CI {m.get('auc_ci_low', float('nan')):.3f}–{m.get('auc_ci_high', float('nan')):.3f}); "
-               f"temperature {summary.temperature:.3f}")
+                                reporter=reporter(), classes=classes)
+    m, cs = summary.cv_metrics, summary.classes
+    nan = float("nan")
+    if cs is not None and not cs.binary:
+        click.echo(f"{summary.folds}-fold CV on {summary.n_slides} slides, {cs.n} classes ({', '.join(cs.names)}): "
+                   f"out-of-fold macro AUC {m.get('macro_auc_ovr', nan):.3f} (95% CI "
+                   f"{m.get('macro_auc_ci_low', nan):.3f}–{m.get('macro_auc_ci_high', nan):.3f}), balanced accuracy "
+                   f"{m.get('balanced_accuracy', nan):.3f}; temperature {summary.temperature:.3f}")
+    else:
+        click.echo(f"{summary.folds}-fold CV on {summary.n_slides} slides: out-of-fold AUC {m.get('auc', nan):.3f} "
+                   f"(95% CI {m.get('auc_ci_low', nan):.3f}–{m.get('auc_ci_high', nan):.3f}); "
+                   f"temperature {summary.temperature:.3f}")
+        if cs is not None and not cs.is_index:
+            click.echo(f"positive class: {cs.positive} ('probability' is P({cs.positive}); classes in order: "
+                       f"{', '.join(cs.names)}; change the order with --classes)")
     click.echo(f"checkpoint: {summary.checkpoint}")
     for o in summary.failed:
         err.print(f"[red]✗[/red] {o.slide_id} (left out): {o.error}")
@@ -60,22 +73,37 @@ def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed
               help="Folder of slide stores embedded with the checkpoint's encoder.")
 @click.option("--model", "checkpoint", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--threshold", default=0.5, show_default=True, help="Decision threshold on calibrated probability.")
+@click.option("--threshold", default=0.5, show_default=True,
+              help="Decision threshold on the calibrated probability of the positive class (two-class models); "
+                   "models of more classes predict the most probable class.")
 @click.option("--by", "stratify", default=None, help="Also report metrics per value of this manifest column "
-              "(site, scanner …).")
+              "(site, scanner, split …).")
 def predict(manifest, stores, checkpoint, out, threshold, stratify):
     """Predict the slides of MANIFEST from their stores' features: predictions.csv, per-tile scores in the stores
-    and, with labels, metrics.json (AUC + 95 % CI, balanced accuracy, sensitivity, specificity, Brier, class-1 and
-    top-label ECE),
-    roc.png and reliability.png."""
+    and, with labels, metrics.json and plots.
+
+    \b
+    Two classes: AUC + 95 % CI, balanced accuracy, sensitivity, specificity, Brier, class-1 and top-label ECE;
+    roc.png, reliability.png. More classes (checkpoint trained on named or 0/1/2… labels): columns prediction,
+    confidence, prob_<class>, calibrated_prob_<class>; metrics macro and per-class one-vs-rest AUC + 95 % CI,
+    accuracy, balanced accuracy, confusion matrix, Brier, top-label ECE; roc.png (one curve per class),
+    confusion.png, reliability.png (top label). Labels must be classes of the checkpoint."""
     from ..pipeline.inputs import collect_inputs
     from ..pipeline.predict import predict_batch
 
     res = predict_batch(collect_inputs([manifest]), stores, checkpoint, out, threshold=threshold,
                         stratify=stratify, reporter=reporter())
-    print_predictions(res.rows)
+    print_predictions(res.rows, res.classes)
     m = res.metrics
-    if m:
+    if m and "macro_auc_ovr" in m:
+        click.echo(f"macro AUC {m['macro_auc_ovr']:.3f} (95% CI {m['macro_auc_ci_low']:.3f}–"
+                   f"{m['macro_auc_ci_high']:.3f}), balanced accuracy {m['balanced_accuracy']:.3f}, accuracy "
+                   f"{m['accuracy']:.3f}, Brier {m['brier']:.3f}, ECE top-label {m['ece_top_label']:.3f}")
+        click.echo("per-class AUC: " + ", ".join(f"{k} {v['auc']:.3f}" for k, v in m["per_class"].items()))
+        for g, gm in (res.by_group or {}).items():
+            click.echo(f"  {stratify}={g}: n {gm['n']}, macro AUC {gm['macro_auc_ovr']:.3f}, balanced accuracy "
+                       f"{gm['balanced_accuracy']:.3f}")
+    elif m:
         click.echo(f"AUC {m['auc']:.3f} (95% CI {m['auc_ci_low']:.3f}–{m['auc_ci_high']:.3f}), balanced accuracy "
                    f"{m['balanced_accuracy']:.3f}, sensitivity {m['sensitivity']:.3f}, specificity "
                    f"{m['specificity']:.3f}, Brier {m['brier']:.3f}, ECE class 1 {m['ece_class1']:.3f}, ECE top-label "
@@ -96,18 +124,20 @@ def predict(manifest, stores, checkpoint, out, threshold, stratify):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides that carry none.")
 @click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Normalised attention above which tiles are merged into 'High attention' regions.")
+              help="Normalised attention above which tiles are merged into 'High attention' regions (class Tumor for "
+                   "0/1 models, else the positive or predicted class).")
 @scheduler_option()
 @max_pixels_option
 def run(slides, checkpoint, out, weights, device, mpp, threshold, scheduler, max_pixels):
     """The whole inference path for new SLIDES: tile, embed with the checkpoint's encoder, predict, and write
-    QuPath GeoJSON, PNG heatmaps and predictions.csv."""
+    QuPath GeoJSON, PNG heatmaps and predictions.csv (per-class columns and tile measurements for models of more
+    than two classes, as `predict` and `heatmap` describe)."""
     from ..pipeline.inputs import collect_inputs
     from ..pipeline.run import run_inference
 
     summary = run_inference(collect_inputs(slides, mpp=mpp), checkpoint, out, weights=weights, device=device,
                             threshold=threshold, scheduler=scheduler, reporter=reporter(), max_pixels=max_pixels)
-    print_predictions(summary.rows)
+    print_predictions(summary.rows, summary.classes)
     click.echo(f"predictions: {summary.predictions_csv}")
     for o in summary.failed:
         err.print(f"[red]✗[/red] {o.slide_id}: {o.error}")
@@ -124,10 +154,19 @@ def run(slides, checkpoint, out, weights, device, mpp, threshold, scheduler, max
               help="Compute the scores first from the stores' features with this checkpoint.")
 @click.option("--format", "fmt", type=click.Choice(["geojson", "png", "both"]), default="both", show_default=True)
 @click.option("--threshold", type=float, default=None,
-              help="Also write merged regions where the drawn score reaches this value (QuPath class Tumor).")
-@click.option("--column", default=None, help="Score column to draw (default: normalised attention).")
+              help="Also write merged regions where the drawn score reaches this value (QuPath class Tumor for 0/1 "
+                   "models; otherwise the class the column describes, or the positive/predicted class).")
+@click.option("--column", default=None,
+              help="Score column to draw in the PNG and threshold for regions (default: attention_normalized). "
+                   "Every column is a measurement of each tile in the GeoJSON. Models of more than two classes add "
+                   "one column per class when the head has per-class tile scores: attention_<class> (clam_mb; "
+                   "dsmil for every class but the first) or probability_<class> (mean, max); abmil, clam_sb and "
+                   "transmil have one attention map for all classes.")
 def heatmap(stores, out, model_name, checkpoint, fmt, threshold, column):
-    """QuPath GeoJSON (tiles with score measurements, tissue outline, regions) and PNG heatmaps for STORES."""
+    """QuPath GeoJSON (tiles with score measurements, tissue outline, regions) and PNG heatmaps for STORES.
+
+    In QuPath, Measure › Show measurement maps shows each measurement (attention, attention_normalized and, for
+    multi-class models, one per class) over the tiles."""
     from ..pipeline.inputs import collect_stores
     from ..pipeline.outputs import heatmap_batch
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ._common import (err, max_pixels_option, out, print_predictions, print_scores, reporter, scheduler_option,
-                      stain_option, tiling_options)
+from ._common import (classes_option, err, max_pixels_option, out, print_predictions, print_scores, reporter,
+                      scheduler_option, stain_option, tiling_options)
 
 __all__ = ["bench", "demo", "evaluate", "status"]
 
@@ -194,19 +194,26 @@ def demo(out, n_slides, encoder, seed):
                    "softmax attention when every bag (padded to TransMIL's square grid, plus its class token) fits in "
                    "the 256 Nyström landmarks, where Nyström only approximates that same attention at about a "
                    "hundred times the CPU cost. Recorded per run.")
+@classes_option
 def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, target_mpp, tile_size, overlap,
           min_tissue, stain, device, froc_mpp, scheduler, max_pixels, exclude, heads, encoders, seeds, baseline,
-          heatmaps, jobs, transmil_attention):
+          heatmaps, jobs, transmil_attention, classes):
     """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
     manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
     the official lesion FROC, ROC/FROC plots, bench.json and report.md. Rerunning after an interruption skips
     finished stages. With --heads, --encoders or --seeds: a leaderboard of every (encoder, head) on the same
-    slides (see --heads)."""
+    slides (see --heads).
+
+    Manifests with more than two classes (class names or 0/1/2… labels) get the macro and per-class one-vs-rest
+    AUC, balanced accuracy and confusion.png instead; the lesion FROC, defined for tumour-vs-normal tasks, is then
+    skipped (the report says so)."""
     from ..pipeline.bench import BenchConfig, run_benchmark
+    from ..pipeline.classes import parse_classes_option
     from ..tiling.grid import TilingParams
 
     cfg = BenchConfig(encoder=encoder, weights=weights, head=head, balance=balance, folds=folds, epochs=epochs,
                       seed=seed, stain=stain, device=device, scheduler=scheduler,
+                      classes=None if classes is None else tuple(map(str, parse_classes_option(classes))),
                       **({} if froc_mpp is None else {"froc_mpp": froc_mpp}),
                       exclude=tuple(n for value in exclude for n in value.split(",") if n.strip()),
                       tiling=TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap,
@@ -226,7 +233,9 @@ def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, tar
                    f"{len(res.reused)} reused)")
         return
     res = run_benchmark(source, out, cfg, reporter=reporter(), max_pixels=max_pixels)
-    print_scores(res.auc, res.froc, res.metrics["n"])
+    print_scores(res.auc, res.froc, res.metrics["n"], res.classes, res.metrics)
+    if res.froc_skipped:
+        click.echo(f"lesion FROC not computed: {res.froc_skipped}")
     click.echo(f"report: {res.report}\nrecord: {res.record}")
 
 

@@ -58,26 +58,70 @@ def info(slides, as_json, mpp, backend, max_pixels):
 
 @click.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--dataset", is_flag=True, help="Write a CAMELYON16-like set (normal_001.svs, tumor_001.svs …, "
-              "labels.csv, annotations/) into the folder OUT instead of one slide.")
-@click.option("--normal", "n_normal", default=10, show_default=True, help="Dataset mode: slides without tumour.")
-@click.option("--tumor", "n_tumor", default=10, show_default=True, help="Dataset mode: slides with tumour.")
+@click.option("--dataset", is_flag=True, help="Write a labelled set into the folder OUT instead of one slide: "
+              "normal_001.svs, tumor_001.svs …, labels.csv and annotations/, or with --preset camelyon16 the "
+              "CAMELYON16 layout.")
+@click.option("--preset", type=click.Choice(["camelyon16"]), default=None,
+              help="Dataset mode: camelyon16 writes training/normal, training/tumor, training/lesion_annotations, "
+                   "testing/images, testing/lesion_annotations, testing/reference.csv and truth.csv: lymph node "
+                   "sections as generic tiled TIFF from two centres (0.243 and 0.226 µm/px), with macro-, "
+                   "micro-metastases and isolated tumour cells in CAMELYON16 proportions, germinal centres and "
+                   "sinus histiocytes that look like tumour, and artefacts.")
+@click.option("--normal", "n_normal", type=int, default=None,
+              help="Dataset mode: slides without tumour (training slides with --preset) [default: 10; 28 with "
+                   "--preset camelyon16].")
+@click.option("--tumor", "n_tumor", type=int, default=None,
+              help="Dataset mode: slides with tumour (training slides with --preset) [default: 10; 20 with "
+                   "--preset camelyon16].")
+@click.option("--test-normal", type=int, default=None, help="--preset camelyon16: normal test slides [default: 22].")
+@click.option("--test-tumor", type=int, default=None, help="--preset camelyon16: tumour test slides [default: 14].")
+@click.option("--difficulty", type=click.FloatRange(0, 1), default=None,
+              help="--preset camelyon16: 0-1, how often metastases are low-grade and look like germinal centres "
+                   "and sinus histiocytes, how many of those look-alikes there are, how much stain varies, how small "
+                   "micro-metastases are and how often artefacts occur [default: 0.5].")
+@click.option("--slide-mm", type=(float, float), default=None, metavar="W H",
+              help="--preset camelyon16: slide size in mm; pixels follow from each centre's pixel size "
+                   "[default: 2.7 1.6; macro-metastases need more than 2 mm].")
+@click.option("--lesion-mix", type=(float, float, float), default=None, metavar="MACRO MICRO ITC",
+              help="--preset camelyon16: shares of tumour slides whose largest lesion is a macro-metastasis, a "
+                   "micro-metastasis, isolated tumour cells [default: 0.5 0.4 0.1].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="--preset camelyon16: slides written in parallel processes; default: CPU cores (the files do "
+                   "not depend on it).")
 @click.option("--width", default=8192, show_default=True, help="Level-0 width in pixels.")
 @click.option("--height", default=8192, show_default=True, help="Level-0 height in pixels.")
 @click.option("--mpp", default=0.25, show_default=True, help="Level-0 µm/px (0.25 = 40x, 0.5 = 20x).")
 @click.option("--with-tumor/--no-tumor", default=False, help="Single slide: paint tumour regions.")
 @click.option("--pen/--no-pen", default=False, help="Draw blue/green/black pen marks.")
-@click.option("--seed", default=0, show_default=True, help="Same seed, same slide.")
-def synth(out, dataset, n_normal, n_tumor, width, height, mpp, with_tumor, pen, seed):
+@click.option("--seed", default=0, show_default=True, help="Same seed, same slide (same files, byte for byte).")
+def synth(out, dataset, preset, n_normal, n_tumor, test_normal, test_tumor, difficulty, slide_mm, lesion_mix,
+          workers, width, height, mpp, with_tumor, pen, seed):
     """Write synthetic H&E-like slides (Aperio SVS that OpenSlide and tiffslide read), with ground truth.
 
-    Tumour outlines are written as ASAP XML and QuPath GeoJSON next to the slide.
+    Tumour outlines are written as ASAP XML and QuPath GeoJSON next to the slide. With --dataset --preset
+    camelyon16, a benchmark set that is hard in the ways CAMELYON16 is (see --preset); truth.csv holds each slide's
+    largest lesion class, tumour fraction, centre and artefacts.
     """
     from ..synth import SynthConfig, write_synthetic_dataset, write_synthetic_slide
 
-    cfg = SynthConfig(width=width, height=height, mpp=mpp, tumor=with_tumor, pen_marks=pen, seed=seed)
     progress = reporter()
+    if preset is not None:
+        if not dataset:
+            fail("--preset writes a data set: add --dataset")
+        from ..synth.camelyon16 import Camelyon16Preset, write_camelyon16
+
+        given = dict(n_train_normal=n_normal, n_train_tumor=n_tumor, n_test_normal=test_normal,
+                     n_test_tumor=test_tumor, difficulty=difficulty, slide_mm=slide_mm, lesion_mix=lesion_mix)
+        recipe = Camelyon16Preset(seed=seed, **{k: v for k, v in given.items() if v is not None})
+        n = recipe.n_train_normal + recipe.n_train_tumor + recipe.n_test_normal + recipe.n_test_tumor
+        with progress.task(f"synthesise {n} CAMELYON16-like slides", n) as t:
+            truth = write_camelyon16(out, recipe, workers=workers, progress=lambda i, n_, name: t.update(i, n_))
+        click.echo(f"wrote {n} slides, {out / 'testing' / 'reference.csv'} and {truth}")
+        return
+    cfg = SynthConfig(width=width, height=height, mpp=mpp, tumor=with_tumor, pen_marks=pen, seed=seed)
     if dataset:
+        n_normal = 10 if n_normal is None else n_normal
+        n_tumor = 10 if n_tumor is None else n_tumor
         n = n_normal + n_tumor
         with progress.task(f"synthesise {n} slides", n) as t:
             labels = write_synthetic_dataset(out, n_normal, n_tumor, config=cfg, seed=seed,

@@ -1,4 +1,5 @@
-"""Slide-level evaluation metrics for binary tasks, as plain JSON-able dicts.
+"""Slide-level evaluation metrics for binary tasks, as plain JSON-able dicts (multi-class ones are in
+:mod:`slidestream.evaluation.multiclass`).
 
 Every function takes ``y_true`` ``(n,)`` with labels in ``{0, 1}`` and ``y_prob`` ``(n,)`` probabilities of
 class 1 in ``[0, 1]``. Quantities that are undefined for the data (AUC with one class, sensitivity without
@@ -25,7 +26,6 @@ __all__ = [
     "expected_calibration_error",
     "top_label_calibration_error",
     "binary_metrics",
-    "multiclass_metrics",
     "metrics_by_group",
 ]
 
@@ -36,7 +36,8 @@ def _inputs(y_true: Sequence[int], y_prob: Sequence[float]) -> tuple[np.ndarray,
     if y.ndim != 1 or p.shape != y.shape:
         raise ConfigError(f"y_true and y_prob must be 1-D of equal length, got {y.shape} and {p.shape}")
     if y.size and not np.all(np.isin(y, (0, 1))):
-        raise ConfigError("y_true must contain only 0 and 1 (binary metrics); use multiclass_metrics otherwise")
+        raise ConfigError("y_true must contain only 0 and 1 (binary metrics); use "
+                          "slidestream.evaluation.multiclass_metrics otherwise")
     if not np.all(np.isfinite(p)) or (p.size and (p.min() < 0 or p.max() > 1)):
         raise ConfigError("y_prob must be finite probabilities in [0, 1]")
     return y.astype(np.int64), p
@@ -228,31 +229,6 @@ def binary_metrics(y_true: Sequence[int], y_prob: Sequence[float], *, threshold:
     out.update(expected_calibration_error(y, p, n_bins))
     out.update(top_label_calibration_error(y, p, n_bins))
     return out
-
-
-def multiclass_metrics(y_true: Sequence[int], probs: np.ndarray) -> dict[str, Any]:
-    """Accuracy, balanced accuracy and macro one-vs-rest AUC for ``probs`` ``(n, K)``.
-
-    ``macro_auc_ovr`` averages the classes present with at least one other class present (NaN if none).
-    """
-    y = np.asarray(y_true).astype(np.int64)
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[0] != y.size:
-        raise ConfigError(f"probs must be (n, K) with n = len(y_true), got {probs.shape}")
-    pred = probs.argmax(axis=1)
-    recalls = [float(np.mean(pred[y == c] == c)) for c in np.unique(y)]
-    aucs = []
-    for c in range(probs.shape[1]):
-        yc = (y == c).astype(np.int64)
-        if 0 < yc.sum() < yc.size:
-            aucs.append(float(_auc_rows(yc[None], probs[None, :, c])[0]))
-    return {
-        "n": int(y.size),
-        "accuracy": float(np.mean(pred == y)) if y.size else math.nan,
-        "balanced_accuracy": float(np.mean(recalls)) if recalls else math.nan,
-        "macro_auc_ovr": float(np.mean(aucs)) if aucs else math.nan,
-        "auc_defined": bool(aucs),
-    }
 
 
 def metrics_by_group(y_true: Sequence[int], y_prob: Sequence[float], groups: Sequence[Any],

@@ -1,4 +1,5 @@
-"""Plots of evaluation results, written as PNG: ROC curves, reliability diagrams and FROC curves.
+"""Plots of evaluation results, written as PNG: ROC curves (binary, and one-vs-rest per class), reliability
+diagrams, confusion matrices and FROC curves.
 
 They use matplotlib's object API with the Agg canvas, so they need no display, do not touch pyplot's global state,
 and are written atomically.
@@ -15,8 +16,10 @@ import numpy as np
 from ..viz.figure import new_figure, save_png
 from .froc import FROC_RATES
 from .metrics import _calibration_bins, _inputs, expected_calibration_error, roc_auc
+from .multiclass import confusion_matrix
+from .multiclass import _inputs as _class_inputs
 
-__all__ = ["plot_froc", "plot_reliability", "plot_roc"]
+__all__ = ["plot_confusion_matrix", "plot_froc", "plot_reliability", "plot_roc", "plot_roc_ovr"]
 
 #: The official FROC rates as the keys of a FROC result's ``sensitivity`` mapping.
 FROC_KEYS = tuple(f"{r:g}" for r in FROC_RATES)
@@ -92,5 +95,84 @@ def plot_froc(result: dict, path: Path) -> Path:
     ax.set(xscale="log", xlim=(0.125, 16), ylim=(0, 1.02), xlabel="average false positives per slide",
            ylabel="lesion sensitivity", title="Lesion FROC (CAMELYON16 rules)")
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    return save_png(fig, path, dpi=120)
+
+
+def plot_roc_ovr(y_true: Sequence[int], probs: np.ndarray, path: str | os.PathLike, *,
+                 class_names: Sequence[str] | None = None, title: str | None = None) -> Path:
+    """Write one-vs-rest ROC curves of a multi-class task to a PNG, one curve per class (its AUC in the legend).
+
+    Parameters
+    ----------
+    y_true : array_like
+        ``(n,)`` class indices in ``[0, K)``.
+    probs : array_like
+        ``(n, K)`` class probabilities.
+    path : str or os.PathLike
+    class_names : sequence of str, optional
+        Legend names of the ``K`` classes.
+    title : str, optional
+
+    Returns the path written; a class whose curve is undefined (absent, or the only class) is listed as such.
+    """
+    from sklearn.metrics import roc_curve
+
+    y, p = _class_inputs(y_true, probs)
+    names = [str(c) for c in (class_names if class_names is not None else range(p.shape[1]))]
+    fig = new_figure((5, 4.5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
+    for c, name in enumerate(names):
+        yc = (y == c).astype(np.int64)
+        if 0 < yc.sum() < yc.size:
+            fpr, tpr, _ = roc_curve(yc, p[:, c])
+            auc = roc_auc(yc, p[:, c], n_bootstrap=0)["auc"]
+            ax.plot(fpr, tpr, lw=2, label=f"{name} vs rest: AUC {auc:.3f}")
+        else:
+            ax.plot([], [], lw=0, label=f"{name}: undefined (n={int(yc.sum())})")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity",
+           title=title or "ROC, one class vs the rest")
+    fig.tight_layout()
+    return save_png(fig, path, dpi=120)
+
+
+def plot_confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], path: str | os.PathLike, *,
+                          class_names: Sequence[str], title: str | None = None) -> Path:
+    """Write a confusion matrix PNG: rows are true classes, columns predicted ones.
+
+    Each cell shows its count and its share of the row (the recall on the diagonal); the colour is that share,
+    so classes of different sizes read alike.
+
+    Parameters
+    ----------
+    y_true, y_pred : array_like
+        ``(n,)`` class indices in ``[0, K)``, ``K = len(class_names)``.
+    path : str or os.PathLike
+    class_names : sequence of str
+    title : str, optional
+
+    Returns the path written.
+    """
+    names = [str(c) for c in class_names]
+    cm = confusion_matrix(y_true, y_pred, len(names))
+    rows = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(rows > 0, cm / np.maximum(rows, 1), 0.0)
+    side = 2.2 + 0.7 * len(names)
+    fig = new_figure((side + 0.8, side))
+    ax = fig.add_subplot()
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}" if rows[i, 0] else "0", ha="center", va="center",
+                    color="white" if share[i, j] > 0.6 else "black", fontsize=9)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    accuracy = np.trace(cm) / cm.sum() if cm.sum() else float("nan")
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"{title or 'Confusion matrix'} (accuracy {accuracy:.3f}, n={int(cm.sum())})")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     return save_png(fig, path, dpi=120)

@@ -10,6 +10,7 @@ family. It never reads slides or stores itself; metrics are in :mod:`slidestream
 from .calibration import apply_temperature, fit_temperature
 from .checkpoint import load_checkpoint, save_checkpoint
 from .heads import MILEnsemble, MILHead, MILOutput, get_head, list_heads, register_head
+from .inference import ClassPrediction, predict_classes
 from .splits import Splits, read_splits, stratified_kfold
 from .train import (
     CVResult,
@@ -36,6 +37,8 @@ __all__ = [
     "predict",
     "predict_logits",
     "predict_ensemble",
+    "predict_classes",
+    "ClassPrediction",
     "cross_validate",
     "Splits",
     "stratified_kfold",

@@ -4,8 +4,12 @@ Layout of a checkpoint directory::
 
     model.safetensors   weights; a single head's ``state_dict``, or ``members.<i>.<name>`` for an ensemble
     config.json         {"format": "slidestream.mil", "format_version": 1, "head", "head_kwargs", "in_dim",
-                         "n_classes", "temperature", "ensemble_size", "weights", "weights_sha256",
+                         "n_classes", "classes", "temperature", "ensemble_size", "weights", "weights_sha256",
                          "train_config", "meta"}
+
+``classes`` lists the label of each output in order: ``[0, 1, …]`` for class indices or the class names
+(``["LUAD", "LUSC", "MESO"]``), so prediction can name its columns; the loaded model carries it as
+``model.classes``. A checkpoint written before classes were stored loads with ``[0, …, K-1]``.
 
 Both files are written to a temporary name and moved into place with ``os.replace``; the weights first and the
 config last, so a directory with a ``config.json`` always has the weights the config names (their SHA-256 is
@@ -21,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +41,7 @@ from .heads import MILEnsemble, MILHead, get_head
 if TYPE_CHECKING:
     from .train import TrainConfig
 
-__all__ = ["save_checkpoint", "load_checkpoint", "WEIGHTS_NAME", "CONFIG_NAME"]
+__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_classes", "WEIGHTS_NAME", "CONFIG_NAME"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -61,7 +66,7 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
 
 def save_checkpoint(path: str | os.PathLike, model: MILHead | MILEnsemble | list[MILHead],
                     config: TrainConfig | dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
-                    *, temperature: float | None = None) -> Path:
+                    *, temperature: float | None = None, classes: Sequence[int | str] | None = None) -> Path:
     """Save a head, or an ensemble of heads, as ``model.safetensors`` + ``config.json``.
 
     Parameters
@@ -77,6 +82,9 @@ def save_checkpoint(path: str | os.PathLike, model: MILHead | MILEnsemble | list
         metrics ...). NumPy scalars become Python numbers and NaN/inf become ``null`` so the file is strict JSON.
     temperature : float, optional
         Softmax temperature for calibrated probabilities; defaults to ``model.temperature``.
+    classes : sequence of int or str, optional
+        The label of each of the ``K`` outputs, in order; defaults to ``model.classes`` when set, else
+        ``[0, …, K-1]``.
 
     Returns
     -------
@@ -86,7 +94,8 @@ def save_checkpoint(path: str | os.PathLike, model: MILHead | MILEnsemble | list
     Raises
     ------
     ConfigError
-        ``meta``/``config`` not JSON-serialisable, or a model not built by :func:`get_head`.
+        ``meta``/``config`` not JSON-serialisable, a model not built by :func:`get_head`, or ``classes`` that are
+        not ``K`` distinct names or the indices ``0 … K-1``.
     """
     directory = _checkpoint_dir(path)
     if isinstance(model, (list, tuple)):
@@ -97,6 +106,8 @@ def save_checkpoint(path: str | os.PathLike, model: MILHead | MILEnsemble | list
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
     train_config = config.to_dict() if hasattr(config, "to_dict") else config
+    classes = _check_classes(classes if classes is not None else getattr(model, "classes", None), model.n_classes,
+                             "classes")
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = st_save(state, metadata={"format": "pt", "slidestream_head": model.head_name})
@@ -107,6 +118,7 @@ def save_checkpoint(path: str | os.PathLike, model: MILHead | MILEnsemble | list
         "head_kwargs": model.head_kwargs,
         "in_dim": model.in_dim,
         "n_classes": model.n_classes,
+        "classes": classes,
         "temperature": temperature,
         "ensemble_size": len(model.members) if isinstance(model, MILEnsemble) else 1,
         "weights": WEIGHTS_NAME,
@@ -201,6 +213,10 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         raise CheckpointError(f"{weights_path}: weights do not fit head {doc['head']!r} (retrain a checkpoint "
                               f"written before the head changed): {exc}") from exc
     model.temperature = float(doc.get("temperature", 1.0))
+    try:
+        model.classes = _check_classes(doc.get("classes"), model.n_classes, f"{cfg_path}: classes")
+    except ConfigError as exc:
+        raise CheckpointError(f"{exc}; re-save the checkpoint") from exc
     model.to(device).eval()
 
     config = None
@@ -212,6 +228,39 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         except ConfigError as exc:
             raise CheckpointError(f"{cfg_path}: invalid train_config ({exc})") from exc
     return model, config, dict(doc.get("meta") or {})
+
+
+def checkpoint_classes(path: str | os.PathLike) -> list[int | str]:
+    """The class of each output of a checkpoint, in order, read from its ``config.json`` alone (no weights).
+
+    Raises
+    ------
+    CheckpointError
+        No readable slidestream ``config.json``, or invalid ``classes`` in it.
+    """
+    cfg_path = _checkpoint_dir(path) / CONFIG_NAME
+    try:
+        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+        n_classes = int(doc["n_classes"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{cfg_path}: not a readable slidestream checkpoint config ({exc})") from exc
+    try:
+        return _check_classes(doc.get("classes"), n_classes, f"{cfg_path}: classes")
+    except ConfigError as exc:
+        raise CheckpointError(f"{exc}; re-save the checkpoint") from exc
+
+
+def _check_classes(classes: Sequence[int | str] | None, n_classes: int, what: str) -> list[int | str]:
+    """``classes`` as a list of ``n_classes`` distinct names or the indices ``0 … K-1`` (None: the indices)."""
+    if classes is None:
+        return list(range(n_classes))
+    out = list(classes)
+    names = all(isinstance(c, str) and c for c in out)
+    indices = all(isinstance(c, int) and not isinstance(c, bool) for c in out) and out == list(range(n_classes))
+    if len(out) != n_classes or len(set(out)) != len(out) or not (names or indices):
+        raise ConfigError(f"{what} must be {n_classes} distinct class names or the indices 0 … {n_classes - 1} in "
+                          f"order, got {out!r}")
+    return out
 
 
 def _strict_json(obj: Any) -> Any:

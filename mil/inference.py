@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from ..errors import ConfigError
 from .heads import MILEnsemble, MILHead
 from .standardize import FeatureNorm
 
-__all__ = ["predict", "predict_ensemble", "predict_logits"]
+__all__ = ["ClassPrediction", "predict", "predict_classes", "predict_ensemble", "predict_logits"]
 
 
 def _to_tensor(bag: Any, in_dim: int | None, device: torch.device) -> torch.Tensor:
@@ -152,7 +153,7 @@ def predict_ensemble(models: MILEnsemble | MILHead | Sequence[MILHead], bags: Se
                      feature_norms: Sequence[FeatureNorm] | None = None
                      ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Ensemble probability of class 1 and the members' spread (``temperature``, ``amp``, ``num_threads``,
-    ``feature_norms`` as in :func:`predict`).
+    ``feature_norms`` as in :func:`predict`); :func:`predict_classes` gives every class.
 
     Returns
     -------
@@ -165,24 +166,74 @@ def predict_ensemble(models: MILEnsemble | MILHead | Sequence[MILHead], bags: Se
     instance_scores : list of numpy.ndarray
         ``n`` float32 arrays ``(N_i,)``, mean over members.
     """
+    pred = predict_classes(models, bags, temperature=temperature, amp=amp, num_threads=num_threads,
+                           feature_norms=feature_norms)
+    return pred.calibrated[:, 1].copy(), pred.spread[:, 1].copy(), pred.instance_scores
+
+
+@dataclass
+class ClassPrediction:
+    """What :func:`predict_classes` returns for ``n`` bags of a ``K``-class ensemble.
+
+    Attributes
+    ----------
+    probability : numpy.ndarray
+        ``(n, K)`` float64 members' mean class probabilities (uncalibrated).
+    calibrated : numpy.ndarray
+        ``(n, K)`` float64 ``softmax(log(probability) / T)``: the temperature applied after averaging.
+    spread : numpy.ndarray
+        ``(n, K)`` float64 standard deviation of the members' uncalibrated probabilities (0 for one member).
+    instance_scores : list of numpy.ndarray
+        ``n`` float32 ``(N_i,)``: the members' mean instance scores (each member's reported class).
+    class_scores : list of numpy.ndarray or None
+        ``n`` float32 ``(N_i, K)``: the members' mean per-class tile scores, for heads that have them
+        (``class_score_kind``); None otherwise.
+    """
+
+    probability: np.ndarray
+    calibrated: np.ndarray
+    spread: np.ndarray
+    instance_scores: list[np.ndarray]
+    class_scores: list[np.ndarray] | None
+
+
+def predict_classes(models: MILEnsemble | MILHead | Sequence[MILHead], bags: Sequence, *,
+                    temperature: float | None = None, amp: bool = False, num_threads: int | None = None,
+                    feature_norms: Sequence[FeatureNorm] | None = None) -> ClassPrediction:
+    """Every class's ensemble probability, before and after the temperature, from one forward pass per bag.
+
+    ``temperature`` defaults to the ensemble's (a single head's for one head); ``amp``, ``num_threads`` and
+    ``feature_norms`` as in :func:`predict`. ``calibrated`` equals what :func:`predict_ensemble` returns for that
+    temperature, ``probability`` what it returns at ``temperature=1``.
+    """
     if isinstance(models, MILHead):
         ens = MILEnsemble([models], temperature=models.temperature)
     else:
         ens = models if isinstance(models, MILEnsemble) else MILEnsemble(list(models))
     t = float(ens.temperature if temperature is None else temperature)
+    if not t > 0:
+        raise ConfigError(f"temperature must be > 0, got {t}")
     device = _model_device(ens)
-    mean, std, scores = [], [], []
-    saved, ens.temperature = ens.temperature, t
+    raw, cal, std, scores, class_scores = [], [], [], [], []
+    saved, ens.temperature = ens.temperature, 1.0
     try:
         ens.eval()
         with torch.no_grad(), _threads(num_threads):
             for i in range(len(bags)):
                 with _autocast(device, amp):
                     out = ens(_model_input(ens, bags[i], device, feature_norms))
-                member = out.extras["member_probs"][:, 1].double().cpu()
-                mean.append(float(torch.softmax(out.logits.double(), dim=0)[1]))
-                std.append(float(member.std(unbiased=False)))
+                # out.logits is log(mean member probability) (temperature 1); dividing it by t is exactly what
+                # the ensemble computes at temperature t.
+                raw.append(torch.softmax(out.logits.double(), dim=0).cpu().numpy())
+                cal.append(torch.softmax((out.logits / t).double(), dim=0).cpu().numpy())
+                std.append(out.extras["member_probs"].double().std(0, unbiased=False).cpu().numpy())
                 scores.append(out.instance_scores.float().cpu().numpy())
+                if "class_scores" in out.extras:
+                    class_scores.append(out.extras["class_scores"].float().cpu().numpy())
     finally:
         ens.temperature = saved
-    return np.asarray(mean), np.asarray(std), scores
+    k = ens.n_classes
+    shape = (len(raw), k)
+    return ClassPrediction(np.asarray(raw).reshape(shape), np.asarray(cal).reshape(shape),
+                           np.asarray(std).reshape(shape), scores,
+                           class_scores if len(class_scores) == len(raw) and class_scores else None)

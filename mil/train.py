@@ -45,7 +45,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .heads import MILEnsemble, MILHead, get_head, list_heads
-from ..evaluation.metrics import binary_metrics, multiclass_metrics
+from ..evaluation.metrics import binary_metrics
+from ..evaluation.multiclass import multiclass_metrics
 from .inference import _autocast, _evaluate, _threads, _to_tensor, predict, predict_ensemble, predict_logits
 from .splits import Splits, check_groups_in_one_fold, group_keys, stratified_kfold
 from .standardize import FeatureNorm, fit_feature_norm
@@ -554,4 +555,4 @@ def _metrics(y: np.ndarray, logits: np.ndarray, n_bootstrap: int, seed: int) -> 
     probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
     if logits.shape[1] == 2 and y.max(initial=0) <= 1:
         return binary_metrics(y, probs[:, 1], n_bootstrap=n_bootstrap, seed=seed)
-    return multiclass_metrics(y, probs)
+    return multiclass_metrics(y, probs, n_bootstrap=n_bootstrap, seed=seed)

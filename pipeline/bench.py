@@ -10,6 +10,11 @@ Inputs: a folder holding ``manifest.csv`` or ``labels.csv`` (columns ``slide``, 
 ``testing/reference.csv``, lesion XMLs loose or in ``lesion_annotations.zip``, official evaluation masks; the real
 data's quirks are in :mod:`slidestream.pipeline.camelyon`), or a manifest CSV. Without a ``test`` split, the last
 40 % of each class is held out. Several heads and encoders on the same slides: :mod:`slidestream.pipeline.leaderboard`.
+
+Labels may be class names, ordered by ``BenchConfig.classes`` (``--classes``) or sorted. With more than two
+classes the report gives the macro and per-class one-vs-rest AUC, balanced accuracy and a confusion matrix
+(:mod:`slidestream.pipeline.class_metrics`); the lesion FROC and detections, defined for binary tumour-vs-normal
+tasks, are skipped and the report says so.
 """
 
 from __future__ import annotations
@@ -27,17 +32,19 @@ import numpy as np
 from .. import __version__
 from ..annotations import point_features, write_geojson
 from ..errors import ConfigError
-from ..evaluation import binary_metrics, plot_froc, plot_roc
+from ..evaluation import binary_metrics, multiclass_metrics, plot_froc
 from ..evaluation.plots import FROC_KEYS
 from ..evaluation.detections import detections_from_tiles, write_detections_csv
 from ..evaluation.froc import L0_MPP
 from ..evaluation.froc_files import evaluate_froc_dirs
 from ..fileio import atomic_write, strict_json, write_json
 from ..mil import TrainConfig
-from ..mil.checkpoint import load_checkpoint
+from ..mil.checkpoint import checkpoint_classes, load_checkpoint
 from ..store import SlideStore
 from ..tiling.grid import TilingParams
 from .camelyon import FrocTruth, camelyon_inputs, exclude_inputs, is_camelyon_folder, prepare_froc_truth
+from .class_metrics import evaluate_predictions, multiclass_report_lines
+from .classes import ClassSet
 from .embed import embed_batch
 from .inputs import SlideInput, collect_inputs, store_paths
 from .predict import describe_rows, predict_stores, write_predictions_csv
@@ -73,6 +80,8 @@ class BenchConfig:
     #: Slides left out by name (slide id or file name without extension), e.g. ``("test_114",)``, the CAMELYON16
     #: test slide with a known labelling problem; leaving out test slides re-evaluates without retraining.
     exclude: tuple[str, ...] = ()
+    #: Class order (names), as ``--classes``; None: sorted names, or the integer labels as they are.
+    classes: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "tiling": self.tiling.to_dict()}
@@ -89,6 +98,8 @@ class BenchResult:
     checkpoint: Path
     predictions_csv: Path
     seconds: float
+    classes: ClassSet | None = None
+    froc_skipped: str | None = None  # why no lesion FROC was computed (more than two classes)
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -243,8 +254,10 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
     checkpoint = out_dir / "model"
     train_cfg = TrainConfig(head=config.head, epochs=config.epochs, lr=config.lr, seed=config.seed,
                             device=config.device, patience=None, balance=config.balance)
-    # the FROC pixel size only changes the evaluation: another value must not retrain
-    trained_on = {k: v for k, v in config.to_dict().items() if k not in ("froc_mpp", "exclude")}
+    # the FROC pixel size and left-out slides only change the evaluation: another value must not retrain; runs from
+    # before --classes (classes None) keep their fingerprint
+    trained_on = {k: v for k, v in config.to_dict().items()
+                  if k not in ("froc_mpp", "exclude") and not (k == "classes" and v is None)}
     fingerprint = hashlib.sha256(json.dumps({"config": trained_on,
                                              "train": sorted(it.slide_id for it in train)},
                                             sort_keys=True).encode()).hexdigest()[:16]
@@ -256,23 +269,35 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
         reporter.log(f"checkpoint {checkpoint} is up to date: training skipped")
     else:
         train_from_stores(train, stores_dir, config.encoder, checkpoint, train_cfg, folds=config.folds,
-                          meta={"bench_fingerprint": fingerprint}, reporter=reporter)
+                          meta={"bench_fingerprint": fingerprint}, reporter=reporter, classes=config.classes)
 
     test_stores = [p for p in store_paths(stores_dir, [it.slide_id for it in test]) if p.exists()]
     model_name = "bench"
     rows, _ = predict_stores(test_stores, checkpoint, model_name=model_name, reporter=reporter)
     describe_rows(rows, test)
     predictions_csv = write_predictions_csv(out_dir / "predictions.csv", rows)
-    labelled = [r for r in rows if r.get("label") is not None]
-    y = np.array([r["label"] for r in labelled])
-    p = np.array([r["calibrated_probability"] for r in labelled])
-    metrics = binary_metrics(y, p, n_bootstrap=1000, seed=config.seed)
-    auc = {k: metrics[k] for k in ("auc", "auc_ci_low", "auc_ci_high", "auc_defined")}
-    plot_roc(y, p, out_dir / "roc.png", title=f"{config.encoder} + {config.head}: test slides", seed=config.seed)
+    classes = ClassSet(tuple(checkpoint_classes(checkpoint)))
+    ev = evaluate_predictions(rows, test, classes, out_dir, seed=config.seed, n_bootstrap=1000, reliability=False,
+                              title=f"{config.encoder} + {config.head}: test slides")
+    # test slides without labels (a CAMELYON16 copy without reference.csv) leave the slide metrics undefined
+    metrics = ev.metrics if ev is not None else (
+        binary_metrics([], [], n_bootstrap=0) if classes.binary
+        else multiclass_metrics(np.zeros(0, np.int64), np.zeros((0, classes.n)), class_names=list(classes.names)))
+    if classes.binary:
+        auc = {k: metrics[k] for k in ("auc", "auc_ci_low", "auc_ci_high", "auc_defined")}
+    else:
+        auc = {"auc": metrics["macro_auc_ovr"], "auc_ci_low": metrics["macro_auc_ci_low"],
+               "auc_ci_high": metrics["macro_auc_ci_high"], "auc_defined": metrics["auc_defined"]}
 
-    froc = None
-    truth = prepare_froc_truth(test, out_dir / "ground_truth",
-                               expect_truth=not isinstance(source, list) and is_camelyon_folder(source))
+    froc = froc_skipped = None
+    if classes.binary:
+        truth = prepare_froc_truth(test, out_dir / "ground_truth",
+                                   expect_truth=not isinstance(source, list) and is_camelyon_folder(source))
+    else:
+        truth = FrocTruth()
+        froc_skipped = (f"the lesion FROC is defined for binary tumour-vs-normal tasks; this one has {classes.n} "
+                        f"classes ({', '.join(classes.names)})")
+        reporter.log(f"lesion FROC and detections skipped: {froc_skipped}")
     for warning in truth.warnings:
         reporter.log(f"[yellow]warning:[/yellow] {warning}")
     if truth.defined:
@@ -294,25 +319,38 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
         "froc_truth": truth.to_dict(),
         "excluded": {"slides": excluded, "not_found": unknown},
         "warnings": truth.warnings,
+        **({"froc_skipped": froc_skipped} if froc_skipped else {}),
+        "classes": classes.to_json(),
         "predictions": rows,
         "seconds": seconds,
     }))
-    report = _write_report(out_dir, config, metrics, froc, rows, seconds, record)
+    report = _write_report(out_dir, config, metrics, froc, rows, seconds, record, classes, froc_skipped)
     return BenchResult(out_dir=out_dir, auc=auc, metrics=metrics, froc=froc, report=report, record=record,
-                       checkpoint=checkpoint, predictions_csv=predictions_csv, seconds=seconds)
+                       checkpoint=checkpoint, predictions_csv=predictions_csv, seconds=seconds, classes=classes,
+                       froc_skipped=froc_skipped)
 
 
 def _write_report(out_dir: Path, config: BenchConfig, metrics: dict, froc: dict | None, rows: list[dict],
-                  seconds: float, record: Path) -> Path:
+                  seconds: float, record: Path, classes: ClassSet, froc_skipped: str | None) -> Path:
     rec = json.loads(record.read_text())
     f = lambda v: "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"  # noqa: E731
-    lines = [
-        "# slidestream benchmark report",
-        "",
-        f"- **slide AUC {f(metrics['auc'])}** (95 % bootstrap CI {f(metrics['auc_ci_low'])}–{f(metrics['auc_ci_high'])}),"
-        f" accuracy {f(metrics.get('accuracy'))}, balanced accuracy {f(metrics.get('balanced_accuracy'))}, "
-        f"{metrics['n']} test slides ({metrics['n_pos']} tumour)",
-    ]
+    lines = ["# slidestream benchmark report", ""]
+    if classes.binary:
+        lines.append(
+            f"- **slide AUC {f(metrics['auc'])}** (95 % bootstrap CI {f(metrics['auc_ci_low'])}–"
+            f"{f(metrics['auc_ci_high'])}), accuracy {f(metrics.get('accuracy'))}, balanced accuracy "
+            f"{f(metrics.get('balanced_accuracy'))}, {metrics['n']} test slides ({metrics['n_pos']} "
+            + ("tumour)" if classes.is_index else f"{classes.positive})"))
+        tables = ["| slide | label | P(tumour) | calibrated | spread |" if classes.is_index else
+                  f"| slide | label | P({classes.positive}) | calibrated | spread |", "|---|---|---|---|---|"]
+        for r in rows:
+            tables.append(f"| {r['slide_id']} | {r.get('label', '')} | {r['probability']:.3f} | "
+                          f"{r['calibrated_probability']:.3f} | {r['uncertainty']:.3f} |")
+    else:
+        head, tables = multiclass_report_lines(metrics, rows, classes)
+        lines += head
+    if froc_skipped:
+        lines.append(f"- lesion FROC: not computed ({froc_skipped})")
     if froc is not None:
         sens = ", ".join(f"{k} FP: {f(froc['sensitivity'][k])}" for k in FROC_KEYS)
         lines.append(f"- **lesion FROC {f(froc['froc'])}** ({sens}; evaluated at {froc['mpp']:g} µm/px)")
@@ -324,6 +362,7 @@ def _write_report(out_dir: Path, config: BenchConfig, metrics: dict, froc: dict 
         f"- checkpoint sha256 {rec['checkpoint']['sha256'][:16]}…; software: "
         + ", ".join(f"{k} {v}" for k, v in rec["software"].items() if v),
         f"- time {seconds:.0f} s; plots: `roc.png`" + (", `froc.png`" if froc is not None else "")
+        + ("" if classes.binary else ", `confusion.png`")
         + "; record: `bench.json`; predictions: `predictions.csv`",
     ]
     if rec.get("excluded", {}).get("slides"):
@@ -331,10 +370,6 @@ def _write_report(out_dir: Path, config: BenchConfig, metrics: dict, froc: dict 
     lines += [f"- **warning**: {w}" for w in rec.get("warnings", [])]
     lines += [
         "",
-        "| slide | label | P(tumour) | calibrated | spread |",
-        "|---|---|---|---|---|",
+        *tables,
     ]
-    for r in rows:
-        lines.append(f"| {r['slide_id']} | {r.get('label', '')} | {r['probability']:.3f} | "
-                     f"{r['calibrated_probability']:.3f} | {r['uncertainty']:.3f} |")
     return atomic_write(out_dir / "report.md", "\n".join(lines) + "\n")

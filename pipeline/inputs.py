@@ -3,7 +3,9 @@
 A manifest has a ``slide`` column (path, relative to the CSV) and optionally ``label``, ``split``/``fold``,
 ``annotation``, ``mpp``, ``slide_id``, ``patient`` and any metadata columns (site, scanner ...). Slides with the
 same ``patient`` are kept together in one cross-validation fold and on one side of a train/test split; a slide
-without one is a patient of its own.
+without one is a patient of its own. ``label`` is a class index (0, 1, 2 …) or a class name (LUAD, Tumor …), read
+by :func:`slidestream.pipeline.classes.parse_label` for every command; a manifest without slide rows, one mixing
+names and indices, and rows listing one slide twice with different labels (or splits, patients …) are refused.
 
 Slide ids name each slide's files (``<slide_id>.zarr``). They come from the file name alone
 (:func:`slidestream.wsi.slide_id_from_path`), so a slide keeps its id whatever else is in the batch; only files
@@ -26,6 +28,7 @@ from typing import Iterable
 from ..errors import ConfigError
 from ..wsi import file_fingerprint, slide_id_from_path
 from ..wsi.identity import legacy_slide_id
+from .classes import check_duplicate_rows, check_manifest_labels, parse_label
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm",
                   ".png", ".jpg", ".jpeg"}
@@ -38,12 +41,13 @@ class SlideInput:
 
     path: Path
     slide_id: str
-    label: int | None = None
+    label: int | str | None = None  # a class index or a class name (pipeline.classes)
     split: str | None = None
     annotation: Path | None = None
     mpp: float | None = None
     meta: dict[str, str] = field(default_factory=dict)
     patient: str | None = None
+    origin: str | None = None  # "manifest.csv, line 4": where the slide was listed, for messages
 
 
 def _path_hash(key: str) -> str:
@@ -62,7 +66,7 @@ def _from_manifest(path: Path, given: set[int] | None = None) -> list[SlideInput
             if not raw:
                 raise ConfigError(f"{path}, line {i}: empty 'slide'")
             p = Path(raw) if Path(raw).is_absolute() else base / raw
-            label = row.get("label")
+            label = parse_label(row.get("label"), f"{path}, line {i}")
             ann = (row.get("annotation") or "").strip()
             mpp = (row.get("mpp") or "").strip()
             given_id = (row.get("slide_id") or "").strip()
@@ -76,15 +80,21 @@ def _from_manifest(path: Path, given: set[int] | None = None) -> list[SlideInput
                 out.append(SlideInput(
                     path=p,
                     slide_id=given_id or slide_id_from_path(p),
-                    label=int(float(label)) if label not in (None, "") else None,
+                    label=label,
                     split=(row.get("split") or row.get("fold") or "").strip() or None,
                     annotation=(Path(ann) if Path(ann).is_absolute() else base / ann) if ann else None,
                     mpp=float(mpp) if mpp else None,
                     meta={k: v for k, v in row.items() if k not in MANIFEST_COLUMNS and k is not None},
                     patient=(row.get("patient") or "").strip() or None,
+                    origin=f"{path}, line {i}",
                 ))
             except ValueError as exc:
                 raise ConfigError(f"{path}, line {i}: {exc}") from exc
+    if not out:
+        raise ConfigError(f"{path}: no slide rows (only a header, or an empty file); list one slide per row under "
+                          "the header 'slide,label,…'")
+    check_manifest_labels(out, path)
+    check_duplicate_rows(out, str(path))
     return out
 
 
@@ -147,6 +157,9 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, mpp: float | None = N
         else:
             # Missing files are kept: they fail per slide with a clear message instead of aborting the batch.
             items.append(SlideInput(path=p, slide_id=slide_id_from_path(p)))
+    # Manifests given together must agree on each slide and on the kind of label.
+    check_manifest_labels(items, "the manifests")
+    check_duplicate_rows(items, "the manifests", fields=("label", "split", "patient", "annotation", "mpp"))
     if mpp is not None:
         for it in items:
             it.mpp = it.mpp or mpp

@@ -133,6 +133,10 @@ class LeaderboardConfig:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.n_bootstrap < 0:
             raise ConfigError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}")
+        if self.bench.classes is not None:
+            # every column (FROC, lesion classes, calibration) is that of a tumour-vs-normal task
+            raise ConfigError("the leaderboard compares heads on a binary tumour-vs-normal task with 0/1 labels; "
+                              "--classes is for a single bench run (leave out --heads/--encoders/--seeds)")
 
     def to_dict(self) -> dict:
         return {"bench": self.bench.to_dict(), "encoders": list(self.encoders), "heads": list(self.heads),

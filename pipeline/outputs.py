@@ -15,6 +15,9 @@ from ..store import SlideStore
 from ..tiling.regions import tissue_polygons
 from ..viz.heatmap import render_heatmap
 from ..wsi import open_slide
+from ..mil.checkpoint import checkpoint_classes
+from .class_metrics import row_caption
+from .classes import ClassSet
 from .predict import predict_stores
 from .records import SlideOutcome
 from .reporting import QuietReporter, Reporter
@@ -50,14 +53,18 @@ def grid_geometry(tiling: dict, slide_mpp: float) -> tuple[float, float]:
 def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.PathLike, *,
                         slide_path: str | os.PathLike | None = None, probability: float | None = None,
                         threshold: float | None = None, mpp: float | None = None,
-                        formats: tuple[str, ...] = ("geojson", "png"), column: str | None = None) -> dict[str, Path]:
+                        formats: tuple[str, ...] = ("geojson", "png"), column: str | None = None,
+                        caption: str | None = None) -> dict[str, Path]:
     """QuPath GeoJSON and/or a PNG heatmap of the per-tile scores ``scores/<model_name>`` of one store.
 
-    The GeoJSON holds one ``tile`` per tile with every score column as a measurement, the tissue outline
-    (class ``Tissue``) and, with ``threshold``, the merged regions where ``column`` reaches it (class ``Tumor``,
-    name "High attention"). Coordinates are level-0 pixels of the slide as QuPath opens it: OpenSlide bounds
-    offsets (MRXS) are subtracted and everything is clipped to the slide. The PNG draws ``column`` (default: the
-    normalised attention when present, else the first column) over the thumbnail.
+    The GeoJSON holds one ``tile`` per tile with every score column as a measurement (for multi-class models one
+    per class, ``attention_<class>`` or ``probability_<class>``, for QuPath's Measurement Maps), the tissue
+    outline (class ``Tissue``) and, with ``threshold``, the merged regions where ``column`` reaches it, name
+    "High attention" (or "High probability"), class ``Tumor`` for 0/1 models, otherwise the class the column
+    describes (``attention``: the positive class of two named ones, the predicted class of more). Coordinates are level-0 pixels of the slide as
+    QuPath opens it: OpenSlide bounds offsets (MRXS) are subtracted and everything is clipped to the slide. The
+    PNG draws ``column`` (default: the normalised attention when present, else the first column) over the
+    thumbnail, titled with ``caption`` (e.g. ``LUSC (0.78)``) or else ``P(tumour) = probability``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +78,8 @@ def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.Pat
     if column not in names:
         raise ConfigError(f"{store.path}: scores/{model_name} has no column {column!r} (have: {', '.join(names)})")
     values = scores[:, names.index(column)]
+    attrs = store.group[f"scores/{model_name}"].attrs
+    region_class = dict(attrs.get("class_columns") or {}).get(column) or attrs.get("evidence_class") or "Tumor"
     coords = store.coords
     extent0 = float(store.tiling["extent0"])
     bx, by, bw, bh = store.slide["bounds"]
@@ -84,9 +93,11 @@ def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.Pat
                                     slide_size=(bw, bh), locked=True)
         if threshold is not None:
             side0, stride0 = grid_geometry(store.tiling, store.slide["mpp"])
+            colour = _class_colour(region_class, list(attrs.get("classes") or []))
+            what = "High probability" if column.startswith("probability") else "High attention"
             for poly, stats in tumor_regions(coords, side0, values, threshold, stride=stride0,
                                              mpp=store.slide["mpp"]):
-                features += region_features(poly, "Tumor", (200, 0, 0), name="High attention",
+                features += region_features(poly, region_class, colour, name=what,
                                             measurements=stats, offset=(bx, by), slide_size=(bw, bh))
         paths["geojson"] = write_geojson(out_dir / f"{store.slide_id}.geojson", features, check=True,
                                          slide_size=(bw, bh))
@@ -98,14 +109,28 @@ def write_slide_outputs(store_path: Path, model_name: str, out_dir: str | os.Pat
             thumb = slide.thumbnail(1024)
             w0, h0 = slide.dimensions
         ds = (w0 / thumb.shape[1], h0 / thumb.shape[0])
-        title = store.slide_id + (f" — P(tumour) = {probability:.3f}" if probability is not None else "")
+        if caption is None and probability is not None:
+            caption = f"P(tumour) = {probability:.3f}"
+        elif caption is None and attrs.get("prediction"):  # multi-class scores drawn without their checkpoint
+            caption = f"predicted {attrs['prediction']}"
+        title = store.slide_id + (f" — {caption}" if caption else "")
         outlines = [np.asarray(r.coords) for p in tissue.geoms for r in [p.exterior, *p.interiors]]
-        unit = (0.0, 1.0) if column.endswith("normalized") or column.endswith("probability") else (None, None)
+        unit = (0.0, 1.0) if (column.endswith("normalized") or column.endswith("probability")
+                              or column.startswith("probability_")) else (None, None)
         paths["heatmap"] = render_heatmap(thumb, ds, coords, extent0, values,
                                           out_dir / f"{store.slide_id}.heatmap.png", title=title,
                                           label=column.replace("_", " "), outlines=outlines,
                                           vmin=unit[0], vmax=unit[1])
     return paths
+
+
+def _class_colour(name: str, classes: list[str]) -> tuple[int, int, int]:
+    """Region colour: red for two-class (and unnamed) tumour regions, else the class's tab10 colour."""
+    if len(classes) <= 2 or name not in classes:
+        return (200, 0, 0)
+    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    return palette[classes.index(name) % len(palette)]
 
 
 def heatmap_batch(stores: list[Path], out_dir: str | os.PathLike, *, model_name: str | None = None,
@@ -118,11 +143,14 @@ def heatmap_batch(stores: list[Path], out_dir: str | os.PathLike, *, model_name:
     reporter = reporter or QuietReporter()
     remove_stale_temps(out_dir)  # left by an interrupted run
     probs: dict[str, float] = {}
+    captions: dict[str, str | None] = {}
     failed: list[SlideOutcome] = []  # slides whose scores could not be computed: reported with the heatmaps'
     if checkpoint is not None:
         model_name = model_name or Path(checkpoint).name
         rows, outcomes = predict_stores(stores, checkpoint, model_name=model_name, reporter=reporter)
-        probs = {r["slide_id"]: r["calibrated_probability"] for r in rows}
+        classes = ClassSet(tuple(checkpoint_classes(checkpoint)))
+        probs = {r["slide_id"]: r["calibrated_probability"] for r in rows if "calibrated_probability" in r}
+        captions = {r["slide_id"]: row_caption(r, classes) for r in rows}
         failed = [o for o in outcomes if o.status == "failed"]
         stores = [p for p, o in zip(stores, outcomes) if o.status != "failed"]
     if not model_name:
@@ -132,7 +160,7 @@ def heatmap_batch(stores: list[Path], out_dir: str | os.PathLike, *, model_name:
     def one(path: Path) -> dict:
         sid = path.name.removesuffix(".zarr")
         paths = write_slide_outputs(path, model_name, out_dir, probability=probs.get(sid), threshold=threshold,
-                                    formats=formats, column=column)
+                                    formats=formats, column=column, caption=captions.get(sid))
         return {k: str(v) for k, v in paths.items()}
 
     return failed + run_per_slide(stores, "heatmap", one, reporter, label=lambda p: p.name.removesuffix(".zarr"),

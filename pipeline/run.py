@@ -10,6 +10,8 @@ from ..fileio import remove_stale_temps
 from ..mil import load_checkpoint
 from ..tiling.grid import TilingParams
 from ..tiling.settings import TissueConfig
+from .class_metrics import row_caption
+from .classes import ClassSet
 from .embed import embed_batch
 from .inputs import SlideInput, store_paths
 from .outputs import write_slide_outputs
@@ -29,6 +31,7 @@ class RunSummary:
     rows: list[dict]
     outcomes: dict[str, list[SlideOutcome]]
     outputs: dict[str, dict[str, Path]]
+    classes: ClassSet | None = None
 
     @property
     def failed(self) -> list[SlideOutcome]:
@@ -59,12 +62,15 @@ def run_inference(
     Writes ``<out>/stores/<slide_id>.zarr``, ``<out>/<slide_id>.geojson``, ``<out>/<slide_id>.heatmap.png`` and
     ``<out>/predictions.csv``. Slides that fail at any stage are reported and skipped. ``scheduler`` runs the
     tiling and embedding on a ``dask.distributed`` cluster (see :func:`tile_batch`); ``max_pixels`` is the pixel
-    budget slides are opened with (:func:`slidestream.wsi.open_slide`).
+    budget slides are opened with (:func:`slidestream.wsi.open_slide`). The predictions' columns follow the
+    checkpoint's classes (:mod:`slidestream.pipeline.predict`): ``prob_<class>`` and ``calibrated_prob_<class>``
+    columns and per-class tile measurements for models of more than two classes.
     """
     reporter = reporter or QuietReporter()
     out_dir = Path(out_dir)
     remove_stale_temps(out_dir)  # left by an interrupted run
-    _, _, meta = load_checkpoint(checkpoint)
+    model, _, meta = load_checkpoint(checkpoint)
+    classes = ClassSet.from_checkpoint(getattr(model, "classes", None), model.n_classes)
     tiling = meta.get("tiling", {})
     params = TilingParams(**{k: v for k, v in tiling.items()
                              if k in ("mpp", "tile_size", "overlap", "min_tissue", "keep_rule")})
@@ -86,8 +92,10 @@ def run_inference(
     def one(row: dict) -> dict:
         it = by_id[row["slide_id"]]
         outputs[row["slide_id"]] = write_slide_outputs(stores_dir / f"{row['slide_id']}.zarr", model_name, out_dir,
-                                                       slide_path=it.path, probability=row["calibrated_probability"],
-                                                       threshold=threshold, mpp=it.mpp)
+                                                       slide_path=it.path,
+                                                       probability=row.get("calibrated_probability"),
+                                                       threshold=threshold, mpp=it.mpp,
+                                                       caption=row_caption(row, classes))
         return {}
 
     outcomes["outputs"] = run_per_slide(rows, "write outputs", one, reporter, label=lambda r: r["slide_id"],
@@ -99,4 +107,5 @@ def run_inference(
     all_outcomes = [o for stage in outcomes.values() for o in stage]
     write_run_record(out_dir, "run", all_outcomes, {"checkpoint": str(checkpoint), "encoder": meta["encoder"],
                                                     "tiling": params.to_dict(), "device": device})
-    return RunSummary(out_dir=out_dir, predictions_csv=csv_path, rows=rows, outcomes=outcomes, outputs=outputs)
+    return RunSummary(out_dir=out_dir, predictions_csv=csv_path, rows=rows, outcomes=outcomes, outputs=outputs,
+                      classes=classes)

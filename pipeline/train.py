@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from ..mil import cross_validate, fit_temperature, save_checkpoint
 from ..mil.splits import group_keys
 from ..store import SlideStore
 from .bags import labelled_bags
+from .classes import ClassSet, class_set_for
 from .inputs import SlideInput, adopt_existing_stores
 from .records import SlideOutcome
 from .reporting import QuietReporter, Reporter
@@ -30,6 +33,7 @@ class TrainSummary:
     temperature: float
     seconds: float
     failed: list[SlideOutcome] = field(default_factory=list)  # slides left out: no, incomplete or damaged features
+    classes: ClassSet | None = None
 
 
 def train_from_stores(
@@ -42,6 +46,7 @@ def train_from_stores(
     folds: int = 5,
     meta: dict | None = None,
     reporter: Reporter | None = None,
+    classes: Sequence[int | str] | str | None = None,
 ) -> TrainSummary:
     """Cross-validate a MIL head on the labelled slides, calibrate on out-of-fold logits, save the fold ensemble.
 
@@ -49,6 +54,11 @@ def train_from_stores(
     model gets a feature normaliser fitted on its own training slides (so no held-out slide's statistics reach it);
     the checkpoint's meta holds them as ``feature_norms`` (one per member), with the encoder and the tiling
     parameters, so :func:`run_inference` can process new slides the same way.
+
+    ``classes`` (``--classes``) orders the class names; by default names are sorted and integer labels are their
+    own indices (:func:`slidestream.pipeline.classes.class_set_for`). The head gets one output per class, the
+    temperature is fitted on the ``K`` out-of-fold logits, and the order is saved in the checkpoint. Every class
+    needs labelled training slides.
     """
     reporter = reporter or QuietReporter()
     t0 = time.perf_counter()
@@ -56,14 +66,25 @@ def train_from_stores(
     adopt_existing_stores(inputs, stores_dir)  # stores made under the ids of an earlier version
     train = [it for it in inputs if it.label is not None and (it.split or "train").lower() != "test"]
     if not train:
-        raise ConfigError("no labelled training slides: the manifest needs a 'label' column (0/1)")
+        raise ConfigError("no labelled training slides: the manifest needs a 'label' column (class indices 0, 1 … "
+                          "or class names)")
+    class_set = class_set_for(((it.label, it.origin or str(it.path)) for it in train), classes)
+    index = {it.slide_id: class_set.index(it.label, it.origin or str(it.path)) for it in train}
+    if config.n_classes not in (None, class_set.n):
+        raise ConfigError(f"the training configuration says {config.n_classes} classes but the labels give "
+                          f"{class_set.n} ({', '.join(class_set.names)})")
+    config = dataclasses.replace(config, n_classes=class_set.n)
     bags, outcomes = labelled_bags(train, stores_dir, encoder_name, reporter)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         reporter.log(f"[yellow]{len(failed)} slide(s) left out of training (features missing or damaged)[/yellow]")
-    labels = np.array([b.label for b in bags])
-    if len(set(labels.tolist())) < 2:
-        raise ConfigError("training needs slides of both classes (labels 0 and 1)")
+    for b in bags:
+        b.label = index[b.slide_id]
+    labels = np.array([b.label for b in bags], dtype=np.int64)
+    empty = [name for k, name in enumerate(class_set.names) if not np.any(labels == k)]
+    if empty:
+        raise ConfigError(f"class {empty[0]!r} has no labelled training slide with features (classes: "
+                          f"{', '.join(class_set.names)}); training needs slides of every class")
     patient = {it.slide_id: it.patient for it in train}
     groups = [patient.get(b.slide_id) for b in bags]  # None: a patient of its own
     keys = group_keys(groups, len(groups))
@@ -77,6 +98,9 @@ def train_from_stores(
         cv = cross_validate([b.features for b in bags], labels, config, k=k, groups=groups, standardize=True,
                             progress=lambda done, total, info: t.update(done, total))
     temperature = float(fit_temperature(cv.oof_logits, labels))
+    if "per_class" in cv.metrics:  # name the classes of the multi-class CV metrics
+        cv.metrics["classes"] = list(class_set.names)
+        cv.metrics["per_class"] = dict(zip(class_set.names, cv.metrics["per_class"].values()))
     store0 = SlideStore.open(bags[0].store)
     meta = {
         "encoder": encoder_name,
@@ -92,6 +116,7 @@ def train_from_stores(
         "feature_norms": [norm.to_dict() for norm in cv.feature_norms],
         **(meta or {}),
     }
-    path = save_checkpoint(checkpoint, cv.models, config, meta, temperature=temperature)
+    path = save_checkpoint(checkpoint, cv.models, config, meta, temperature=temperature,
+                           classes=class_set.to_json())
     return TrainSummary(checkpoint=Path(path), n_slides=len(bags), folds=k, cv_metrics=cv.metrics,
-                        temperature=temperature, seconds=time.perf_counter() - t0, failed=failed)
+                        temperature=temperature, seconds=time.perf_counter() - t0, failed=failed, classes=class_set)

@@ -77,6 +77,10 @@ class SynthConfig:
         tiffslide take the second page of an SVS as the thumbnail).
     bigtiff : bool, optional
         Force BigTIFF on or off; default: on when the raw level 0 exceeds 2 GiB.
+    layout : {"aperio", "generic"}
+        File layout: an Aperio SVS (ImageDescription with ``AppMag`` and ``MPP``, a thumbnail page),
+        or a plain tiled pyramidal TIFF whose pixel size is only in the resolution tags, as the
+        CAMELYON16 files (OpenSlide reports vendor ``generic-tiff``).
     """
 
     width: int = 8192
@@ -100,6 +104,7 @@ class SynthConfig:
     min_level_size: int = 512
     thumbnail_size: int = 1024
     bigtiff: bool | None = None
+    layout: str = "aperio"
 
     def validate(self) -> None:
         """Raise :class:`~slidestream.errors.ConfigError` naming the first bad value."""
@@ -126,6 +131,8 @@ class SynthConfig:
             raise ConfigError("nuclei_per_mm2 and tumor_nuclei_per_mm2 must be >= 0")
         if self.thumbnail_size < 16 or self.min_level_size < 1:
             raise ConfigError("thumbnail_size must be >= 16 and min_level_size >= 1")
+        if self.layout not in ("aperio", "generic"):
+            raise ConfigError(f"layout must be 'aperio' or 'generic', got {self.layout!r}")
 
     @property
     def magnification(self) -> float:
@@ -183,6 +190,34 @@ def _point_in(rng: np.random.Generator, region, tries: int = 200) -> tuple[float
         if hit.size:
             return float(xs[hit[0]]), float(ys[hit[0]])
     return None
+
+
+def _pen_strokes(rng: np.random.Generator, blobs: list[Polygon], w: int, h: int,
+                 n: int) -> tuple[list[Polygon], list[str]]:
+    """``n`` marker strokes (cubic Bezier bands) that cross the outline of one of ``blobs``, and their inks."""
+    pens: list[Polygon] = []
+    pen_colors: list[str] = []
+    slide = box(0, 0, w, h)
+    side = min(w, h)
+    for _ in range(n):
+        blob = blobs[rng.integers(len(blobs))]
+        anchor = blob.exterior.interpolate(rng.uniform(), normalized=True)
+        ang = rng.uniform(0, 2 * np.pi)
+        d = np.array([math.cos(ang), math.sin(ang)])
+        perp = np.array([-d[1], d[0]])
+        length = rng.uniform(0.25, 0.45) * side
+        start = np.array([anchor.x, anchor.y]) - d * length * rng.uniform(0.3, 0.7)
+        ctrl = [start, start + d * length / 3 + perp * rng.normal(0, 0.12) * length,
+                start + 2 * d * length / 3 + perp * rng.normal(0, 0.12) * length, start + d * length]
+        t = np.linspace(0, 1, 64)[:, None]
+        curve = ((1 - t) ** 3 * ctrl[0] + 3 * (1 - t) ** 2 * t * ctrl[1]
+                 + 3 * (1 - t) * t**2 * ctrl[2] + t**3 * ctrl[3])
+        width = max(8.0, rng.uniform(0.012, 0.025) * side)
+        stroke = _largest(LineString(curve).buffer(width / 2, quad_segs=8).intersection(slide))
+        if stroke is not None:
+            pens.append(_snap(stroke))
+            pen_colors.append(str(rng.choice(list(_PEN_INKS))))
+    return pens, pen_colors
 
 
 def _make_geometry(cfg: SynthConfig, rng: np.random.Generator):
@@ -262,27 +297,26 @@ def _make_geometry(cfg: SynthConfig, rng: np.random.Generator):
     pens: list[Polygon] = []
     pen_colors: list[str] = []
     if cfg.pen_marks:
-        slide = box(0, 0, w, h)
-        side = min(w, h)
-        for _ in range(cfg.n_pen):
-            blob = blobs[rng.integers(len(blobs))]
-            anchor = blob.exterior.interpolate(rng.uniform(), normalized=True)
-            ang = rng.uniform(0, 2 * np.pi)
-            d = np.array([math.cos(ang), math.sin(ang)])
-            perp = np.array([-d[1], d[0]])
-            length = rng.uniform(0.25, 0.45) * side
-            start = np.array([anchor.x, anchor.y]) - d * length * rng.uniform(0.3, 0.7)
-            ctrl = [start, start + d * length / 3 + perp * rng.normal(0, 0.12) * length,
-                    start + 2 * d * length / 3 + perp * rng.normal(0, 0.12) * length, start + d * length]
-            t = np.linspace(0, 1, 64)[:, None]
-            curve = ((1 - t) ** 3 * ctrl[0] + 3 * (1 - t) ** 2 * t * ctrl[1]
-                     + 3 * (1 - t) * t**2 * ctrl[2] + t**3 * ctrl[3])
-            width = max(8.0, rng.uniform(0.012, 0.025) * side)
-            stroke = _largest(LineString(curve).buffer(width / 2, quad_segs=8).intersection(slide))
-            if stroke is not None:
-                pens.append(_snap(stroke))
-                pen_colors.append(str(rng.choice(list(_PEN_INKS))))
+        pens, pen_colors = _pen_strokes(rng, blobs, w, h, cfg.n_pen)
     return tissue, tumors, pens, pen_colors
+
+
+def _apply_pens(rgba: np.ndarray, x0: int, y0: int, rasters: list[tx.PolygonRaster], colors: list[str],
+                ink: np.ndarray) -> None:
+    """Darken a painted ``(h, w, 3+)`` uint8 block under marker strokes, in place.
+
+    ``ink`` is a periodic ``(P, P)`` float texture: ink density varies slowly along a stroke, as with a real marker.
+    """
+    h, w = rgba.shape[:2]
+    for raster, color in zip(rasters, colors, strict=True):
+        if not raster.intersects(x0, y0, w, h):
+            continue
+        mask = raster.mask(x0, y0, w, h)
+        if not mask.any():
+            continue
+        dens = 0.85 + 0.15 * tx.periodic_take(ink, x0, y0, w, h)[mask]
+        trans = np.exp(np.log(np.array(_PEN_INKS[color], np.float32)) * dens[:, None])
+        rgba[mask, :3] = np.rint(rgba[mask, :3] * trans).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- the scene
@@ -417,16 +451,7 @@ class _Scene:
             np.minimum(hema, tx.N_H - 1, out=hema)
             index |= hema.astype(np.uint16) << 7
         rgba = np.take(self._lut, index).view(np.uint8).reshape(h, w, 4)
-        for raster, color in zip(self._pen_r, self.pen_colors, strict=True):
-            if not raster.intersects(x0, y0, w, h):
-                continue
-            mask = raster.mask(x0, y0, w, h)
-            if not mask.any():
-                continue
-            # ink density varies slowly along the stroke, as with a real marker
-            dens = 0.85 + 0.15 * tx.periodic_take(self._ink, x0, y0, w, h)[mask]
-            trans = np.exp(np.log(np.array(_PEN_INKS[color], np.float32)) * dens[:, None])
-            rgba[mask, :3] = np.rint(rgba[mask, :3] * trans).astype(np.uint8)
+        _apply_pens(rgba, x0, y0, self._pen_r, self.pen_colors, self._ink)
         return rgba
 
     def is_glass(self, x0: np.ndarray, y0: np.ndarray, w: int, h: int) -> np.ndarray:

@@ -41,7 +41,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_path
 from .scene import SynthConfig, _Scene
 
-__all__ = ["SynthSlide", "write_synthetic_slide"]
+__all__ = ["SynthSlide", "write_scene_tiff", "write_synthetic_slide"]
 
 _APERIO_HEADER = "Aperio Image Library v12.0.15"
 _SPOOL_RAM_BYTES = 64 << 20  # reduced levels larger than this are spooled to a temporary file
@@ -299,6 +299,61 @@ def _thumbnail(pyramid: _Pyramid, dims: list[tuple[int, int]], size: int) -> np.
 
 
 
+def write_scene_tiff(path: Path, scene, cfg: SynthConfig) -> list[tuple[int, int]]:
+    """Stream a painted scene into a pyramidal JPEG TIFF laid out as ``cfg.layout`` says; atomic.
+
+    Parameters
+    ----------
+    path : Path
+        Output file; its folder must exist.
+    scene : object
+        Painter with ``paint(x0, y0, w, h)`` (``(h, w, 4)`` uint8), ``is_glass(xs, ys, w, h)`` and
+        ``background`` (``(3,)`` uint8), as :class:`slidestream.synth.scene._Scene`.
+    cfg : SynthConfig
+        Size, pixel size, tiles, JPEG quality, pyramid and ``layout`` (``"aperio"``: SVS pages with an
+        Aperio ImageDescription and a thumbnail page; ``"generic"``: plain tiled TIFF pages, the pixel
+        size only in the resolution tags and reduced levels flagged ``NewSubfileType`` 1, as the
+        CAMELYON16 files).
+
+    Returns
+    -------
+    list of (int, int)
+        ``(width, height)`` of each pyramid level.
+    """
+    dims = _level_dimensions(cfg)
+    # with a single level a reduced copy is still spooled, for the thumbnail
+    spool_dims = dims[1:] or [(-(-cfg.width // cfg.level_downsample), -(-cfg.height // cfg.level_downsample))]
+    bigtiff = cfg.bigtiff if cfg.bigtiff is not None else cfg.width * cfg.height * 3 > 2**31
+    ts, q = cfg.tile_size, cfg.jpeg_quality
+    res = 1e4 / cfg.mpp  # pixels per cm
+    aperio = cfg.layout == "aperio"
+    common = dict(dtype=np.uint8, photometric="rgb", compression="jpeg", metadata=None, resolutionunit="CENTIMETER")
+    pyramid = _Pyramid(spool_dims, cfg.level_downsample, path.parent)
+    stats = {"glass_tiles": 0, "painted_tiles": 0}
+
+    def describe(size, thumbnail=False) -> dict:
+        return {"description": _description(cfg, path.name, size, thumbnail=thumbnail)} if aperio else {}
+
+    try:
+        with atomic_path(path, mkdir=False) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
+            tw.write(_level0_tiles(scene, pyramid, stats), shape=(cfg.height, cfg.width, 3), tile=(ts, ts),
+                     resolution=(res, res), subfiletype=0, **describe(None), **common)
+            if aperio:
+                thumb = _thumbnail(pyramid, spool_dims, cfg.thumbnail_size)
+                tw.write(thumb, rowsperstrip=16, compressionargs={"level": 90}, resolution=(res, res), subfiletype=0,
+                         **describe(thumb.shape[1::-1], thumbnail=True), **common)
+            for k in range(1, len(dims)):
+                spool = pyramid.spools[k - 1]
+                # Aperio flags no page as reduced; generic readers (OpenSlide 4) take only flagged pages as levels
+                r = res if aperio else res * dims[k][0] / cfg.width
+                tw.write(_spool_tiles(spool, ts, q, scene.background), shape=(dims[k][1], dims[k][0], 3),
+                         tile=(ts, ts), resolution=(r, r), subfiletype=0 if aperio else 1, **describe(dims[k]),
+                         **common)
+    finally:
+        pyramid.close()
+    return dims
+
+
 def write_synthetic_slide(
     path: str | os.PathLike,
     config: SynthConfig | None = None,
@@ -309,7 +364,9 @@ def write_synthetic_slide(
 
     Memory stays bounded whatever the slide size: level 0 is painted in blocks of one tile row by
     at most 4096 columns, reduced levels larger than 64 MiB go to a temporary file next to ``path``.
-    The file appears atomically (written under a temporary name, then renamed).
+    The file appears atomically (written under a temporary name, then renamed). With
+    ``config.layout = "generic"`` the file is a plain tiled pyramidal TIFF instead (see
+    :func:`write_scene_tiff`).
 
     Parameters
     ----------
@@ -337,31 +394,7 @@ def write_synthetic_slide(
     if not path.parent.is_dir():
         raise ConfigError(f"{path.parent}: output folder does not exist (create it first)")
     scene = _Scene(cfg)
-    dims = _level_dimensions(cfg)
-    # with a single level a reduced copy is still spooled, for the thumbnail
-    spool_dims = dims[1:] or [(-(-cfg.width // cfg.level_downsample), -(-cfg.height // cfg.level_downsample))]
-    bigtiff = cfg.bigtiff if cfg.bigtiff is not None else cfg.width * cfg.height * 3 > 2**31
-    ts, q = cfg.tile_size, cfg.jpeg_quality
-    res = 1e4 / cfg.mpp  # pixels per cm
-    common = dict(
-        dtype=np.uint8, photometric="rgb", compression="jpeg", metadata=None,
-        resolution=(res, res), resolutionunit="CENTIMETER", subfiletype=0,
-    )
-    pyramid = _Pyramid(spool_dims, cfg.level_downsample, path.parent)
-    stats = {"glass_tiles": 0, "painted_tiles": 0}
-    try:
-        with atomic_path(path, mkdir=False) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
-            tw.write(_level0_tiles(scene, pyramid, stats), shape=(cfg.height, cfg.width, 3), tile=(ts, ts),
-                     description=_description(cfg, path.name, None), **common)
-            thumb = _thumbnail(pyramid, spool_dims, cfg.thumbnail_size)
-            tw.write(thumb, rowsperstrip=16, compressionargs={"level": 90},
-                     description=_description(cfg, path.name, thumb.shape[1::-1], thumbnail=True), **common)
-            for k in range(1, len(dims)):
-                spool = pyramid.spools[k - 1]
-                tw.write(_spool_tiles(spool, ts, q, scene.background), shape=(dims[k][1], dims[k][0], 3),
-                         tile=(ts, ts), description=_description(cfg, path.name, dims[k]), **common)
-    finally:
-        pyramid.close()
+    dims = write_scene_tiff(path, scene, cfg)
 
     xml_path = geojson_path = None
     if scene.tumors:

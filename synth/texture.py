@@ -466,6 +466,7 @@ def stain_lut(
     eosin: np.ndarray,
     region_h: tuple[float, ...],
     region_e: tuple[float, ...],
+    region_scale: tuple[float, ...] | None = None,
 ) -> np.ndarray:
     """Colour look-up table from (region, hematoxylin, eosin) indices to packed RGBA.
 
@@ -482,6 +483,9 @@ def stain_lut(
         Per region (0 glass, 1 tissue, 2 tumour ...) hematoxylin added to every pixel.
     region_e : tuple of float
         Per region factor on the eosin texture (0 on glass).
+    region_scale : tuple of float, optional
+        Per region factor on the whole optical density (1 by default; about 2 for a tissue fold,
+        where two layers of the section lie on top of each other).
 
     Returns
     -------
@@ -491,10 +495,11 @@ def stain_lut(
     h = np.arange(N_H) * H_STEP
     e = np.arange(N_E) * E_STEP
     tables = []
-    for rh, re in zip(region_h, region_e, strict=True):
+    scales = region_scale if region_scale is not None else (1.0,) * len(region_h)
+    for rh, re, sc in zip(region_h, region_e, scales, strict=True):
         hh = (h + rh)[:, None, None]
         ee = (e * re)[None, :, None] * (1 - 0.7 * np.clip(h / 1.2, 0, 1))[:, None, None]
-        od = hh * hematoxylin + ee * eosin
+        od = (hh * hematoxylin + ee * eosin) * sc
         rgb = np.clip(np.rint(background * np.exp(-od)), 0, 255).astype(np.uint8)
         rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
         tables.append(rgba.reshape(-1, 4))

@@ -162,11 +162,12 @@ def mpp_from_properties(properties: Mapping[str, object], prefix: str) -> tuple[
     return (mpp_x or mpp_y, mpp_y or mpp_x)  # type: ignore[return-value]
 
 
-def objective_from_mpp(mpp: float, *, tolerance: float = 0.10) -> float | None:
+def objective_from_mpp(mpp: float, *, tolerance: float = 0.15) -> float | None:
     """Nominal objective magnification for a pixel size.
 
     ``10 / mpp`` snapped to the nearest standard magnification (1.25x … 100x) when within `tolerance`, so
-    0.499 µm/px gives 20.0 and 0.2456 gives 40.0; otherwise rounded to two significant digits.
+    0.499 µm/px gives 20.0, and 0.2456 and 0.226 (the 40x scanners of CAMELYON16) give 40.0; otherwise rounded to
+    two significant digits.
 
     Parameters
     ----------

@@ -9,7 +9,11 @@ Conventions shared by all heads
 -------------------------------
 * ``instance_scores`` describe the *reported class*: class 1 when ``n_classes == 2`` (so heatmaps always show
   the evidence for "tumour" whatever the slide's prediction), otherwise the predicted class.
-* Heads with several scores per tile put the full ``(N, K)`` matrix in ``extras["class_scores"]``.
+* Heads with a score per tile and class put the ``(N, K)`` matrix in ``extras["class_scores"]`` and say what it
+  is in ``class_score_kind``: ``"attention"`` (CLAM-MB: one attention branch per class; DSMIL: the attention to
+  each positive class's critical instance, NaN for class 0, which has no stream) or ``"probability"`` (mean and
+  max pooling: each tile's class probabilities). ABMIL, CLAM-SB and TransMIL have one attention map for all
+  classes and no per-class tile scores (``class_score_kind`` None).
 * The whole training loss of one bag comes from ``head.loss(output, label)``: cross-entropy of the slide
   logits by default; heads whose reference trains with other or extra terms (CLAM's instance clustering,
   DSMIL's max-instance stream) override it with their reference's weights, so the training loop has no
@@ -57,6 +61,8 @@ class MILHead(nn.Module, abc.ABC):
     """
 
     head_name: str = ""
+    #: What ``extras["class_scores"]`` holds (module docstring); None for heads without per-class tile scores.
+    class_score_kind: str | None = None
 
     def __init__(self, in_dim: int, n_classes: int = 2):
         super().__init__()

@@ -173,6 +173,7 @@ class CLAMMB(_CLAM):
     """
 
     n_branches_per_class = True
+    class_score_kind = "attention"
 
     def __init__(self, in_dim: int, n_classes: int = 2, **kwargs: Any):
         super().__init__(in_dim, n_classes, **kwargs)

@@ -42,7 +42,8 @@ class DSMIL(MILHead):
 
     ``instance_scores`` are the attention ``A`` of the reported class (class 1 for binary tasks, else the most
     likely positive class); ``extras`` hold ``attention (N, C)``, ``instance_logits (N, C)``,
-    ``bag_logits (C,)`` and ``max_instance_logits (C,)``.
+    ``bag_logits (C,)``, ``max_instance_logits (C,)`` and ``class_scores (N, K)``: ``A`` with a NaN column in
+    front for class 0, the negative class, which has no stream and so no attention.
 
     Remaining deviations from the reference
     ---------------------------------------
@@ -73,6 +74,8 @@ class DSMIL(MILHead):
     bag_weight : float, default 0.5
         Weight of the bag-stream loss; the max-instance loss gets ``1 - bag_weight``.
     """
+
+    class_score_kind = "attention"
 
     def __init__(self, in_dim: int, n_classes: int = 2, query_dim: int = 128, nonlinear_q: bool = True,
                  passing_v: bool = False, dropout_v: float = 0.0, combine: str = "bag", bag_weight: float = 0.5):
@@ -120,7 +123,8 @@ class DSMIL(MILHead):
         logits = torch.cat([scores.new_zeros(1), scores])
         column = int(scores.detach().argmax()) if self.n_outputs > 1 else 0
         extras = {"attention": a, "instance_logits": inst_logits, "bag_logits": bag_logits,
-                  "max_instance_logits": max_logits}
+                  "max_instance_logits": max_logits,
+                  "class_scores": torch.cat([torch.full_like(a[:, :1], float("nan")), a], dim=1)}
         return MILOutput(logits, a[:, column], extras)
 
     def loss(self, output: MILOutput, label: int | Tensor) -> Tensor:

@@ -22,7 +22,8 @@ class MILEnsemble(nn.Module):
     ``softmax(logits)`` is the calibrated ensemble probability and the temperature changes neither its ranking
     nor its arg-max (see :mod:`slidestream.mil.calibration` for why the temperature applies here).
     ``instance_scores`` are the members' mean; ``extras["member_probs"] (M, K)`` are the members' (uncalibrated)
-    probabilities and ``extras["prob_std"] (K,)`` their standard deviation (an uncertainty).
+    probabilities and ``extras["prob_std"] (K,)`` their standard deviation (an uncertainty); for heads with
+    per-class tile scores ``extras["class_scores"] (N, K)`` is the members' mean of theirs.
     """
 
     def __init__(self, members: list[MILHead] | nn.ModuleList, temperature: float = 1.0):
@@ -55,6 +56,10 @@ class MILEnsemble(nn.Module):
     def n_classes(self) -> int:
         return self.members[0].n_classes
 
+    @property
+    def class_score_kind(self) -> str | None:
+        return self.members[0].class_score_kind
+
     def forward(self, bag: Tensor | Sequence[Tensor]) -> MILOutput:
         """Score one bag with every member.
 
@@ -75,4 +80,7 @@ class MILEnsemble(nn.Module):
         std = probs.std(0, unbiased=False)
         scores = torch.stack([o.instance_scores.float() for o in outs]).mean(0)
         logits = torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny)) / self.temperature
-        return MILOutput(logits, scores, {"prob_std": std, "member_probs": probs})
+        extras = {"prob_std": std, "member_probs": probs}
+        if all("class_scores" in o.extras for o in outs):
+            extras["class_scores"] = torch.stack([o.extras["class_scores"].float() for o in outs]).mean(0)
+        return MILOutput(logits, scores, extras)

@@ -14,6 +14,8 @@ from .registry import register_head
 class _InstancePool(MILHead):
     """Instance classifier on an optional feature MLP, pooled over instances."""
 
+    class_score_kind = "probability"
+
     def __init__(self, in_dim: int, n_classes: int = 2, hidden_dim: int = 128, dropout: float = 0.25):
         super().__init__(in_dim, n_classes)
         if hidden_dim:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_auc_score
 from slidestream.errors import ConfigError
-from slidestream.evaluation.metrics import binary_metrics, brier_score, expected_calibration_error, metrics_by_group, multiclass_metrics, roc_auc, threshold_metrics
+from slidestream.evaluation.metrics import binary_metrics, brier_score, expected_calibration_error, metrics_by_group, roc_auc, threshold_metrics
+from slidestream.evaluation.multiclass import multiclass_metrics
 from slidestream.evaluation.plots import plot_reliability, plot_roc
 from slidestream.fileio import strict_json
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from slidestream.errors import CheckpointError, ConfigError
-from slidestream.mil.checkpoint import load_checkpoint, save_checkpoint
+from slidestream.mil.checkpoint import checkpoint_classes, load_checkpoint, save_checkpoint
 from slidestream.mil.heads import MILEnsemble, get_head, list_heads
 from slidestream.mil.train import TrainConfig, predict, predict_ensemble
 
@@ -185,3 +185,38 @@ def test_resaving_replaces_in_place(tmp_path):
         assert k == k2 and torch.equal(v, v2)
     assert loaded.temperature == 2.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_class_names_are_saved_in_order_and_loaded_with_the_model(tmp_path):
+    torch.manual_seed(0)
+    members = [get_head("clam_mb", D, 3, **KW["clam_mb"]) for _ in range(2)]
+    out = save_checkpoint(tmp_path / "named", members, classes=["LUSC", "LUAD", "MESO"])
+    assert json.loads((out / "config.json").read_text())["classes"] == ["LUSC", "LUAD", "MESO"]
+    loaded, _, _ = load_checkpoint(out)
+    assert loaded.classes == ["LUSC", "LUAD", "MESO"] and checkpoint_classes(out) == ["LUSC", "LUAD", "MESO"]
+    # re-saving the loaded model keeps them; indices are the default
+    again = save_checkpoint(tmp_path / "again", loaded)
+    assert checkpoint_classes(again) == ["LUSC", "LUAD", "MESO"]
+    plain = save_checkpoint(tmp_path / "plain", head())
+    assert checkpoint_classes(plain) == [0, 1] and load_checkpoint(plain)[0].classes == [0, 1]
+
+
+@pytest.mark.parametrize("classes", [["A", "B"], ["A", "A", "B"], [1, 0, 2], ["A", 1, "B"], ["A", "", "B"]])
+def test_classes_that_do_not_fit_the_head_are_refused(tmp_path, classes):
+    model = get_head("abmil", D, 3, **KW["abmil"])
+    with pytest.raises(ConfigError, match="distinct class names"):
+        save_checkpoint(tmp_path / "bad", model, classes=classes)
+
+
+def test_checkpoints_from_before_classes_load_with_indices_and_damaged_classes_are_refused(tmp_path):
+    out = save_checkpoint(tmp_path / "old", head(), classes=["Normal", "Tumor"])
+    doc = json.loads((out / "config.json").read_text())
+    del doc["classes"]
+    (out / "config.json").write_text(json.dumps(doc))
+    assert load_checkpoint(out)[0].classes == [0, 1] and checkpoint_classes(out) == [0, 1]
+    doc["classes"] = ["Tumor"]
+    (out / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="classes"):
+        load_checkpoint(out)
+    with pytest.raises(CheckpointError, match="classes"):
+        checkpoint_classes(out)

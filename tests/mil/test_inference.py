@@ -1,4 +1,5 @@
-"""Inference: the ensemble's temperature applies to its output (after averaging), per-member inputs."""
+"""Inference: the ensemble's temperature applies to its output (after averaging), per-member inputs, every class's
+probability and per-class tile scores."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from slidestream.errors import ConfigError
 from slidestream.evaluation.metrics import roc_auc
 from slidestream.mil.heads import MILEnsemble, get_head
-from slidestream.mil.inference import predict, predict_ensemble, predict_logits
+from slidestream.mil.inference import predict, predict_classes, predict_ensemble, predict_logits
 from slidestream.mil.standardize import FeatureNorm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -69,3 +70,44 @@ def test_feature_norms_standardise_each_members_input():
     assert logits[0, 1] == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="normalisers"):
         predict_ensemble([a, b], bags, feature_norms=norms[:1])
+
+
+def _three_class_members(name: str, n: int = 3):
+    kw = {"clam_mb": dict(hidden_dim=8, attn_dim=4), "abmil": dict(hidden_dim=8, attn_dim=4),
+          "dsmil": dict(query_dim=4), "mean_pool": dict(hidden_dim=8)}[name]
+    members = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        members.append(get_head(name, 5, 3, **kw).eval())
+    return members
+
+
+@pytest.mark.parametrize("name", ["clam_mb", "abmil", "dsmil", "mean_pool"])
+def test_predict_classes_gives_every_class_before_and_after_the_temperature(name):
+    members = _three_class_members(name)
+    bags = [np.random.default_rng(10 + i).standard_normal((int(9 + i), 5)).astype(np.float32) for i in range(3)]
+    ens = MILEnsemble(members, temperature=0.7)
+    pred = predict_classes(ens, bags)
+    with torch.no_grad():
+        outs = [[m(torch.from_numpy(b)) for m in members] for b in bags]
+    member = np.array([[torch.softmax(o.logits.double(), 0).numpy() for o in bag] for bag in outs])  # (n, M, K)
+    mean = member.mean(1)
+    np.testing.assert_allclose(pred.probability, mean, atol=1e-6)
+    tempered = np.exp(np.log(mean) / 0.7)
+    np.testing.assert_allclose(pred.calibrated, tempered / tempered.sum(1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(pred.spread, member.std(1), atol=1e-6)
+    assert pred.probability.shape == pred.calibrated.shape == pred.spread.shape == (3, 3)
+    # predict_ensemble is the class-1 column of the same numbers
+    p1, s1, scores = predict_ensemble(ens, bags)
+    np.testing.assert_allclose(p1, pred.calibrated[:, 1], atol=1e-12)
+    np.testing.assert_allclose(s1, pred.spread[:, 1], atol=1e-12)
+    if name == "abmil":
+        assert pred.class_scores is None and ens.class_score_kind is None
+    else:
+        expected = [np.mean([o.extras["class_scores"].numpy() for o in bag], 0) for bag in outs]
+        assert ens.class_score_kind == ("probability" if name == "mean_pool" else "attention")
+        for got, want, b in zip(pred.class_scores, expected, bags):
+            assert got.shape == (len(b), 3)
+            np.testing.assert_allclose(got, want, atol=1e-6, equal_nan=True)
+        if name == "dsmil":  # no stream, so no attention, for the negative class
+            assert all(np.isnan(c[:, 0]).all() and np.isfinite(c[:, 1:]).all() for c in pred.class_scores)

@@ -144,6 +144,8 @@ def test_config_is_checked_before_any_work(tmp_path):
         lb.LeaderboardConfig(encoders=("no-such-encoder-xyz",)).validate()
     r = CliRunner().invoke(main, ["bench", str(tmp_path), "--out", str(tmp_path / "o"), "--seeds", "0,x"])
     assert r.exit_code != 0 and "seeds are whole numbers" in r.output
+    with pytest.raises(ConfigError, match="--classes is for a single bench run"):
+        lb.LeaderboardConfig(bench=BenchConfig(weights="none", classes=("a", "b", "c"))).validate()
     assert lb.LeaderboardConfig(bench=BenchConfig(weights="none")).heads == lb.DEFAULT_HEADS
 
 

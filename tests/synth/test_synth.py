@@ -16,6 +16,7 @@ import numpy as np
 import openslide
 import pytest
 import shapely
+import tifffile
 import tiffslide
 from shapely.geometry import Polygon, box
 from skimage.color import rgb2hed
@@ -87,6 +88,28 @@ def test_pyramid_dimensions_follow_the_downsample(tmp_path):
         assert list(o.level_dimensions) == expected
     with tiffslide.TiffSlide(s.path) as t:
         assert [tuple(d) for d in t.level_dimensions] == expected
+
+
+def test_generic_layout_is_a_plain_tiled_pyramid(tmp_path):
+    cfg = SynthConfig(width=2304, height=1536, mpp=0.226, tile_size=512, level_downsample=2, min_level_size=500,
+                      layout="generic", tumor=True, n_tumors=1, seed=9)
+    s = write_synthetic_slide(tmp_path / "g.tif", cfg)
+    with openslide.OpenSlide(s.path) as o:
+        assert o.properties["openslide.vendor"] == "generic-tiff"
+        assert float(o.properties["openslide.mpp-x"]) == pytest.approx(0.226, rel=1e-5)
+        assert o.level_dimensions == ((2304, 1536), (1152, 768), (576, 384))
+        assert "tiff.ImageDescription" not in o.properties and not o.associated_images
+        assert o.properties["tiff.ResolutionUnit"] == "centimeter"
+        px = np.asarray(o.read_region((0, 0), 0, (2304, 1536)).convert("RGB")).astype(int)
+    with tiffslide.TiffSlide(s.path) as t:
+        assert [tuple(d) for d in t.level_dimensions] == [(2304, 1536), (1152, 768), (576, 384)]
+        assert t.properties["tiffslide.mpp-x"] == pytest.approx(0.226, rel=1e-5)
+    with tifffile.TiffFile(s.path) as tf:
+        assert [p.subfiletype for p in tf.pages] == [0, 1, 1]
+        assert all(p.is_tiled and p.tilewidth == 512 for p in tf.pages)
+    assert np.abs(px - render_synthetic_region(cfg, (0, 0), (2304, 1536))).mean() < 2.5
+    with pytest.raises(ConfigError, match="layout"):
+        write_synthetic_slide(tmp_path / "x.tif", replace(cfg, layout="ndpi"))
 
 
 def test_tiffslide_reads_the_same_pixels(slide, level0):

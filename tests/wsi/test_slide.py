@@ -339,7 +339,8 @@ def test_mpp_from_ome_xml_units() -> None:
 
 @pytest.mark.parametrize(
     "mpp, power",
-    [(0.499, 20.0), (0.2456, 40.0), (0.25, 40.0), (0.92, 10.0), (1.0, 10.0), (0.1, 100.0), (0.3, 33.0)],
+    [(0.499, 20.0), (0.2456, 40.0), (0.25, 40.0), (0.243, 40.0), (0.226, 40.0), (0.92, 10.0), (1.0, 10.0), (0.1, 100.0),
+     (0.3, 33.0)],
 )
 def test_objective_from_mpp(mpp: float, power: float) -> None:
     assert objective_from_mpp(mpp) == power

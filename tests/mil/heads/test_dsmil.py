@@ -114,3 +114,16 @@ def test_weights_start_orthogonal_with_zero_biases_and_values_are_the_features()
     assert isinstance(head.value, torch.nn.Identity)  # the reference's passing_v=False
     with pytest.raises(ConfigError):
         get_head("dsmil", D, combine="max")
+
+
+def test_per_class_tile_scores_are_the_attention_of_each_positive_class():
+    torch.manual_seed(3)
+    head = get_head("dsmil", D, 4, query_dim=Q).eval()
+    x = np.random.default_rng(2).standard_normal((11, D)).astype(np.float32)
+    with torch.no_grad():
+        out = head(torch.from_numpy(x))
+    scores = w(out.extras["class_scores"])
+    _, _, a = reference(head, x.astype(np.float64))
+    assert scores.shape == (11, 4) and head.class_score_kind == "attention"
+    assert np.isnan(scores[:, 0]).all()  # the negative class has no stream
+    np.testing.assert_allclose(scores[:, 1:], a, atol=1e-5)
