@@ -121,8 +121,8 @@ def _seeds(ctx, param, value):
 @click.command()
 @click.option("--out", default="demo-output", show_default=True, type=click.Path(path_type=Path))
 @click.option("--slides", "n_slides", type=click.IntRange(min=8), default=None,
-              help="Synthetic slides in all, split as the default set is (default: 46 CAMELYON16-like slides, 26 "
-                   "for training and 20 for testing; 40 with --simple).")
+              help="Synthetic slides in all, split as the default set is (default: 46 CAMELYON16-like slides, 28 "
+                   "for training and 18 for testing; 40 with --simple).")
 @click.option("--encoder", default="handcrafted", show_default=True,
               help="Encoder; any timm name runs with random weights offline (and learns little).")
 @click.option("--seed", default=0, show_default=True)

@@ -40,12 +40,12 @@ class DemoConfig:
     """
 
     preset: str | None = "camelyon16"
-    n_normal: int = 14
-    n_tumor: int = 12
-    n_test_normal: int = 10
+    n_normal: int = 12
+    n_tumor: int = 16
+    n_test_normal: int = 8
     n_test_tumor: int = 10
     slide_mm: tuple[float, float] = (2.7, 1.6)
-    difficulty: float = 0.5
+    difficulty: float = 0.35
     lesion_mix: tuple[float, float, float] = (0.4, 0.5, 0.1)
     test_fraction: float = 0.4
     slide_size: int = 4096
