@@ -186,8 +186,39 @@ def _class_list(text: str) -> str:
     return text
 
 
+def _comma_list(text: str, check=None, *, what: str = "name") -> list[str]:
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"{text!r}: give at least one {what} (a comma list)")
+    return [check(v) if check is not None else v for v in items]
+
+
+#: Short names of the pooling heads, as the issue trackers and papers write them.
+_HEAD_ALIASES = {"mean": "mean_pool", "max": "max_pool"}
+
+
+def _head_list(text: str) -> list[str]:
+    if text.strip().lower() == "all":
+        return ["all"]
+    return _comma_list(text, lambda v: _head_name(_HEAD_ALIASES.get(v.lower(), v)), what="MIL head")
+
+
+def _seed_list(text: str) -> list[int]:
+    def seed(v: str) -> int:
+        if not v.isdigit() or int(v) > 2**32 - 1:
+            raise ValueError(f"{text!r}: seeds are whole numbers from 0 to 2^32-1, e.g. 0,1,2")
+        return int(v)
+
+    return _comma_list(text, seed, what="seed")
+
+
 TEXT = Name("name")
 CLASS_LIST = Name("class list", _class_list)
+HEAD_LIST = Name("MIL head list", _head_list)
+ENCODER_LIST = Name("encoder list", lambda text: _comma_list(text, _encoder_name, what="encoder"))
+SEED_LIST = Name("seed list", _seed_list)
+BASELINE = Name("baseline head", lambda text: "none" if text.strip().lower() == "none"
+                else _head_name(_HEAD_ALIASES.get(text.strip().lower(), text)))
 DEVICE = Name("device", _device)
 DEVICE_OR_AUTO = Name("device", lambda text: _device(text, auto=True))
 HEAD = Name("MIL head", _head_name)

@@ -7,8 +7,9 @@ features and the checkpoint are reused when they already match.
 
 Inputs: a folder holding ``manifest.csv`` or ``labels.csv`` (columns ``slide``, ``label``, optional ``split``,
 ``annotation``), a CAMELYON16 folder (``training/normal``, ``training/tumor``, ``testing/images`` with
-``testing/reference.csv``, lesion XMLs in ``lesion_annotations``/``training/lesion_annotations``/
-``testing/lesion_annotations``), or a manifest CSV. Without a ``test`` split, the last 40 % of each class is held out.
+``testing/reference.csv``, lesion XMLs loose or in ``lesion_annotations.zip``, official evaluation masks; the real
+data's quirks are in :mod:`slidestream.pipeline.camelyon`), or a manifest CSV. Without a ``test`` split, the last
+40 % of each class is held out. Several heads and encoders on the same slides: :mod:`slidestream.pipeline.leaderboard`.
 
 Labels may be class names, ordered by ``BenchConfig.classes`` (``--classes``) or sorted. With more than two
 classes the report gives the macro and per-class one-vs-rest AUC, balanced accuracy and a confusion matrix
@@ -18,7 +19,6 @@ tasks, are skipped and the report says so.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -43,6 +43,7 @@ from ..mil import TrainConfig
 from ..mil.checkpoint import checkpoint_classes, checkpoint_files, is_checkpoint, load_checkpoint
 from ..store import SlideStore
 from ..tiling.grid import TilingParams
+from .camelyon import FrocTruth, camelyon_inputs, exclude_inputs, is_camelyon_folder, prepare_froc_truth
 from .class_metrics import evaluate_predictions, multiclass_report_lines
 from .classes import ClassSet
 from .embed import embed_batch
@@ -77,6 +78,9 @@ class BenchConfig:
     #: slide, whatever its scanner (0.243 or 0.226): it sets the 75 µm lesion growth and the 275 µm ITC size
     #: in pixels, so published FROCs are only comparable at this value.
     froc_mpp: float = L0_MPP
+    #: Slides left out by name (slide id or file name without extension), e.g. ``("test_114",)``, the CAMELYON16
+    #: test slide with a known labelling problem; leaving out test slides re-evaluates without retraining.
+    exclude: tuple[str, ...] = ()
     #: Class order (names), as ``--classes``; None: sorted names, or the integer labels as they are.
     classes: tuple[str, ...] | None = None
 
@@ -133,36 +137,6 @@ def assign_holdout(inputs: list[SlideInput], test_fraction: float) -> list[Slide
     return inputs
 
 
-def _camelyon_inputs(root: Path) -> list[SlideInput]:
-    exts = {".tif", ".tiff", ".svs"}
-    ann_dirs = [root / "lesion_annotations", root / "training" / "lesion_annotations",
-                root / "testing" / "lesion_annotations"]
-
-    def annotation(stem: str) -> Path | None:
-        for d in ann_dirs:
-            for ext in (".xml", ".geojson", ".json"):
-                if (d / f"{stem}{ext}").is_file():
-                    return d / f"{stem}{ext}"
-        return None
-
-    items = []
-    for sub, label in (("normal", 0), ("tumor", 1)):
-        for p in sorted((root / "training" / sub).glob("*")):
-            if p.suffix.lower() in exts:
-                items.append(SlideInput(p, p.stem, label, "train", annotation(p.stem)))
-    ref = root / "testing" / "reference.csv"
-    labels = {}
-    if ref.is_file():
-        with open(ref, newline="") as f:
-            for row in csv.reader(f):
-                if row:
-                    labels[row[0].strip().lower()] = 1 if row[1].strip().lower() == "tumor" else 0
-    for p in sorted((root / "testing" / "images").glob("*")):
-        if p.suffix.lower() in exts:
-            items.append(SlideInput(p, p.stem, labels.get(p.stem.lower()), "test", annotation(p.stem)))
-    return items
-
-
 def benchmark_inputs(source: str | os.PathLike) -> list[SlideInput]:
     """Slides of a benchmark from a folder (manifest/labels CSV or CAMELYON16 layout) or a manifest CSV."""
     source = Path(source)
@@ -171,8 +145,8 @@ def benchmark_inputs(source: str | os.PathLike) -> list[SlideInput]:
     for name in ("manifest.csv", "labels.csv"):
         if (source / name).is_file():
             return collect_inputs([source / name])
-    if (source / "training").is_dir():
-        return _camelyon_inputs(source)
+    if is_camelyon_folder(source):
+        return camelyon_inputs(source)
     raise ConfigError(f"{source}: no manifest.csv/labels.csv and no CAMELYON16 layout (training/, testing/)")
 
 
@@ -209,6 +183,27 @@ def write_detections(stores: list[Path], rows: list[dict], model_name: str, out_
         with guard.writing(out_dir / f"{sid}.points.geojson") as target:
             write_geojson(target, point_features(pts[keep], c[keep], offset=(bx, by), slide_size=(bw, bh)))
     return written
+
+
+def lesion_froc(test_stores: list[Path], rows: list[dict], model_name: str, det_dir: Path, gt_dir: Path,
+                truth: FrocTruth, config: BenchConfig, guard: OutputGuard | None = None) -> dict:
+    """The official lesion FROC of the test slides that ``truth`` can evaluate (detection CSVs written into
+    ``det_dir``; those of slides no longer evaluated removed when slidestream wrote them, else refused through
+    ``guard``), against the ground truth in ``gt_dir``."""
+    guard = guard or OutputGuard()
+    keep = set(truth.evaluable)
+    stale = [p for p in det_dir.glob("*.csv") if p.stem not in keep] if det_dir.is_dir() else []
+    guard.check_all(stale)  # a CSV of the user's among the detections is not deleted
+    write_detections(test_stores, [r for r in rows if r["slide_id"] in keep], model_name, det_dir, config, guard)
+    for p in stale:
+        p.unlink()
+    sizes = {}
+    for path in test_stores:
+        store = SlideStore.open(path)
+        sizes[store.slide_id] = tuple(store.slide["dimensions"])
+    result = evaluate_froc_dirs(det_dir, gt_dir, mpp=config.froc_mpp, slide_sizes=sizes)
+    result["truth"] = truth.to_dict()
+    return result
 
 
 def _versions() -> dict:
@@ -254,6 +249,9 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
     guard = OutputGuard(overwrite, adopt=adopt_legacy(out_dir, _is_bench_folder))
     inputs = source if isinstance(source, list) else benchmark_inputs(source)
     protect_inputs(p for it in inputs for p in (it.path, it.annotation))
+    inputs, excluded, unknown = exclude_inputs(inputs, config.exclude)
+    if unknown:
+        reporter.log(f"[yellow]warning:[/yellow] --exclude {', '.join(unknown)}: no such slide")
     guard.check_all(out_dir / n for n in ("predictions.csv", "roc.png", "froc.png", "bench.json", "report.md"))
     guard.check_all(checkpoint_files(out_dir / "model"), recognise=is_checkpoint)
     output_folder(out_dir)
@@ -274,10 +272,10 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
     checkpoint = out_dir / "model"
     train_cfg = TrainConfig(head=config.head, epochs=config.epochs, lr=config.lr, seed=config.seed,
                             device=config.device, patience=None, balance=config.balance)
-    # the FROC pixel size only changes the evaluation: another value must not retrain; runs from before --classes
-    # (classes None) keep their fingerprint
+    # the FROC pixel size and left-out slides only change the evaluation: another value must not retrain; runs from
+    # before --classes (classes None) keep their fingerprint
     trained_on = {k: v for k, v in config.to_dict().items()
-                  if k != "froc_mpp" and not (k == "classes" and v is None)}
+                  if k not in ("froc_mpp", "exclude") and not (k == "classes" and v is None)}
     fingerprint = hashlib.sha256(json.dumps({"config": trained_on,
                                              "train": sorted(it.slide_id for it in train)},
                                             sort_keys=True).encode()).hexdigest()[:16]
@@ -316,27 +314,19 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
                "auc_ci_high": metrics["macro_auc_ci_high"], "auc_defined": metrics["auc_defined"]}
 
     froc = froc_skipped = None
-    annotated = {it.slide_id: it.annotation for it in test if it.annotation}
-    if not classes.binary:
+    if classes.binary:
+        truth = prepare_froc_truth(test, out_dir / "ground_truth", guard=guard,
+                                   expect_truth=not isinstance(source, list) and is_camelyon_folder(source))
+    else:
+        truth = FrocTruth()
         froc_skipped = (f"the lesion FROC is defined for binary tumour-vs-normal tasks; this one has {classes.n} "
                         f"classes ({', '.join(classes.names)})")
         reporter.log(f"lesion FROC and detections skipped: {froc_skipped}")
-    elif annotated:
-        det_dir = out_dir / "detections"
-        write_detections(test_stores, rows, model_name, det_dir, config, guard)
-        gt_dir = output_folder(out_dir / "ground_truth")
-        copies = {sid: gt_dir / f"{sid}{''.join(Path(ann).suffixes)}" for sid, ann in annotated.items()}
-        guard.check_all(copies.values())
-        for sid, ann in annotated.items():
-            # compared on every run: an annotation corrected since the last run must not be evaluated stale
-            if copies[sid].is_file() and file_sha256(copies[sid]) == file_sha256(ann):
-                if not guard.is_own(copies[sid]):
-                    guard.record(copies[sid])  # the annotation's own bytes: a copy made before the ledgers
-                continue
-            with guard.writing(copies[sid]) as target:
-                atomic_write(target, Path(ann).read_bytes())
-        sizes = {SlideStore.open(s).slide_id: tuple(SlideStore.open(s).slide["dimensions"]) for s in test_stores}
-        froc = evaluate_froc_dirs(det_dir, gt_dir, mpp=config.froc_mpp, slide_sizes=sizes)
+    for warning in truth.warnings:
+        reporter.log(f"[yellow]warning:[/yellow] {warning}")
+    if truth.defined:
+        froc = lesion_froc(test_stores, rows, model_name, out_dir / "detections", out_dir / "ground_truth", truth,
+                           config, guard)
         with guard.writing(out_dir / "froc.png") as target:
             plot_froc(froc, target)
 
@@ -352,6 +342,9 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
             "splits": {"train": [it.slide_id for it in train], "test": [it.slide_id for it in test]},
             "metrics": metrics,
             "froc": None if froc is None else {k: froc[k] for k in ("sensitivity", "froc", "defined", "mpp")},
+            "froc_truth": truth.to_dict(),
+            "excluded": {"slides": excluded, "not_found": unknown},
+            "warnings": truth.warnings,
             **({"froc_skipped": froc_skipped} if froc_skipped else {}),
             "classes": classes.to_json(),
             "predictions": rows,
@@ -398,6 +391,11 @@ def _write_report(out_dir: Path, config: BenchConfig, metrics: dict, froc: dict 
         f"- time {seconds:.0f} s; plots: `roc.png`" + (", `froc.png`" if froc is not None else "")
         + ("" if classes.binary else ", `confusion.png`")
         + "; record: `bench.json`; predictions: `predictions.csv`",
+    ]
+    if rec.get("excluded", {}).get("slides"):
+        lines.append(f"- left out by --exclude: {', '.join(rec['excluded']['slides'])}")
+    lines += [f"- **warning**: {w}" for w in rec.get("warnings", [])]
+    lines += [
         "",
         *tables,
     ]

@@ -23,7 +23,7 @@ from .reporting import QuietReporter, Reporter
 from .runner import run_stage
 from .tile import make_normalizer
 
-__all__ = ["embed_batch", "embed_store_job"]
+__all__ = ["RANDOM_INIT_SEED", "create_batch_encoder", "embed_batch", "embed_store_job"]
 
 
 def embed_batch(
@@ -79,7 +79,7 @@ def embed_batch(
 
     if encoder is None:
         # not the per-process cache: a weights file may have changed since an earlier batch of this process
-        encoder = create_encoder(encoder_name, weights=weights, device=device)
+        encoder = create_batch_encoder(encoder_name, weights=weights, device=device)
     if encoder.random_init:
         reporter.log(f"[yellow]warning[/yellow]: encoder {encoder_name!r} has RANDOM weights "
                      f"({encoder.weights_source}); its features are not meaningful for diagnosis")
@@ -114,8 +114,30 @@ def _cached_encoder(name: str, weights: str, device: str):
     with _ENCODERS_LOCK:
         key = (name, str(weights), str(device))
         if key not in _ENCODERS:
-            _ENCODERS[key] = create_encoder(name, weights=weights, device=device)
+            _ENCODERS[key] = create_batch_encoder(name, weights=weights, device=device)
         return _ENCODERS[key]
+
+
+#: Seed of the random weights of ``weights="none"`` in batch embedding.
+RANDOM_INIT_SEED = 0
+
+
+def create_batch_encoder(name: str, weights: str | os.PathLike = "hub", device: str = "cpu"):
+    """:func:`slidestream.models.create_encoder` for a batch of slides: random weights (``weights="none"``) are
+    drawn from :data:`RANDOM_INIT_SEED`, so every process builds the same random encoder.
+
+    torch seeds its default generator differently in every process; unseeded, the slides of one set embedded in
+    two processes (a resumed run, dask workers, a second benchmark run) would get features from different random
+    encoders, and two runs of the same benchmark would differ. The caller's random state is left as it was.
+    """
+    if not (isinstance(weights, str) and weights == "none"):
+        return create_encoder(name, weights=weights, device=device)
+    import torch
+
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return create_encoder(name, weights=weights, device=device)
 
 
 def embed_store_job(path: str | os.PathLike, encoder_name: str, options: dict, *, encoder=None,

@@ -240,3 +240,122 @@ def hostile_tiff():
         return Path(path)
 
     return write
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CAMELYON16 layouts and the headless browser (tests/pipeline/test_camelyon.py, test_leaderboard.py,
+# test_report_html.py)
+
+def _write_mask_pyramid(path: Path, tumour) -> Path:
+    """An official-style evaluation mask: 255 on tumour, a tiled pyramid halving down to level 5."""
+    import numpy as np
+    import tifffile
+
+    level = np.where(tumour, 255, 0).astype(np.uint8)
+    with tifffile.TiffWriter(path) as tw:
+        for i in range(6):
+            tw.write(level, tile=(16, 16), compression="deflate", subfiletype=0 if i == 0 else 1,
+                     photometric="minisblack")
+            level = level[::2, ::2]
+    return path
+
+
+def _build_camelyon(root: Path) -> Path:
+    """A small CAMELYON16 folder with the real release's quirks: lesion annotations only inside
+    ``lesion_annotations.zip`` (with a macOS fork), an official evaluation mask for one test slide, a
+    ``reference.csv`` with mixed letter case and extra columns, a tumour test slide without any ground truth
+    (test_005) and a slide with a label problem (test_114)."""
+    import dataclasses
+    import zipfile
+
+    from slidestream.evaluation.froc import rasterize_tumor
+    from slidestream.synth import SynthConfig, write_synthetic_slide
+
+    cfg = SynthConfig(width=3072, height=3072, mpp=0.5, tumor_diameter_um=(400.0, 900.0))
+    for d in ("training/normal", "training/tumor", "testing/images", "testing/evaluation"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    train_xml, test_xml = {}, {}
+    plan = [("training/normal", f"normal_00{i}", False) for i in range(1, 5)]
+    plan += [("training/tumor", f"tumor_00{i}", True) for i in range(1, 5)]
+    tests = {"test_001": True, "test_002": False, "test_003": True, "test_004": False, "test_005": True,
+             "test_006": False, "test_114": True}
+    plan += [("testing/images", name, tumour) for name, tumour in tests.items()]
+    for k, (folder, name, tumour) in enumerate(plan):
+        s = write_synthetic_slide(root / folder / f"{name}.svs", dataclasses.replace(cfg, seed=100 + k, tumor=tumour),
+                                  annotation_dir=root / "scratch")
+        if s.xml_path is not None:
+            (train_xml if folder.startswith("training") else test_xml)[name] = s.xml_path.read_bytes()
+        if name == "test_003":
+            _write_mask_pyramid(root / "testing/evaluation" / "Test_003_Mask.tif",
+                                rasterize_tumor(s.tumors, (s.width, s.height), level=0))
+    for p in (root / "scratch").iterdir():
+        p.unlink()
+    (root / "scratch").rmdir()
+    with zipfile.ZipFile(root / "training" / "lesion_annotations.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in train_xml.items():
+            z.writestr(f"lesion_annotations/{name}.xml", data)
+    with zipfile.ZipFile(root / "testing" / "lesion_annotations.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("Test_001.xml", test_xml["test_001"])
+        z.writestr("__MACOSX/._Test_001.xml", b"\0\5\26\7 not xml")
+        z.writestr("test_114.xml", test_xml["test_114"])
+    (root / "testing" / "reference.csv").write_text(
+        "Test_001,Tumor,Macro,2134,extra\ntest_002,Normal,,,\ntest_003,Tumor,Micro,650\ntest_004,Normal\n"
+        "test_005,Tumor,ITC,150\ntest_006,Normal,,\ntest_114,Tumor,Micro,\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def camelyon_folder(tmp_path_factory) -> Path:
+    """A small CAMELYON16-layout folder with the real data's quirks (see ``_build_camelyon``); read-only."""
+    return _build_camelyon(tmp_path_factory.mktemp("camelyon16"))
+
+
+def _browser() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="session")
+def headless_browser(tmp_path_factory):
+    """``load(html_path, check_js=None) -> (dom, console)``: open a page in headless Chromium, offline, and return
+    its DOM after load (``check_js``, when given, runs on the load event and may write into the DOM) and every
+    console message it logged. Skips when no Chromium is installed, fails under SLIDESTREAM_REQUIRE_BROWSER=1."""
+    import subprocess
+
+    exe = _browser()
+    if exe is None:
+        msg = "no chromium on PATH (apt-get install chromium)"
+        if os.environ.get("SLIDESTREAM_REQUIRE_BROWSER") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+    def load(page: Path, check_js: str | None = None) -> tuple[str, list[str]]:
+        page = Path(page)
+        target = page
+        if check_js is not None:
+            # a copy next to the page (same relative links) with the check appended
+            target = page.with_name(f".check-{page.name}")
+            text = page.read_text(encoding="utf-8")
+            hook = f"<script>window.addEventListener('load', function () {{ {check_js} }});</script>"
+            target.write_text(text.replace("</body>", hook + "</body>"), encoding="utf-8")
+        profile = tmp_path_factory.mktemp("chromium-profile")
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
+               "--dump-dom", target.resolve().as_uri()]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        finally:
+            if target != page:
+                target.unlink(missing_ok=True)
+        if proc.returncode != 0:
+            raise AssertionError(f"chromium failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+        return proc.stdout, console
+
+    return load

@@ -37,3 +37,26 @@ def test_embed_refuses_another_pixel_size_unless_allowed_and_records_it(tmp_path
     assert record["slides"][0]["details"]["mpp_mismatch"]["encoder_mpp"] == 0.5
     help_text = CliRunner().invoke(main, ["embed", "--help"]).output
     assert "--allow-mpp-mismatch" in help_text and "10 %" in help_text
+
+
+def test_random_encoders_are_the_same_in_every_process():
+    """weights="none" in batch embedding draws from its own seed: whatever the process's random state (a fresh
+    process starts from a different one every time), the same encoder comes out, and that state is left as it was."""
+    import warnings
+
+    import torch
+
+    from slidestream.models import RandomWeightsWarning
+    from slidestream.pipeline.embed import create_batch_encoder
+
+    built = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        state = torch.random.get_rng_state().clone()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+            enc = create_batch_encoder("vit_tiny_patch16_224", weights="none")
+        assert enc.random_init and torch.equal(torch.random.get_rng_state(), state)
+        built.append(enc.state_dict())
+    assert built[0].keys() == built[1].keys()
+    assert all(torch.equal(built[0][k], built[1][k]) for k in built[0])

@@ -24,7 +24,7 @@ from slidestream.annotations import check_qupath_geojson
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cfg = DemoConfig(n_normal=5, n_tumor=5, slide_size=3072, epochs=15, folds=2)
+    cfg = DemoConfig(preset=None, n_normal=5, n_tumor=5, slide_size=3072, epochs=15, folds=2)
     return run_demo(out, cfg)
 
 
