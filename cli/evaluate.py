@@ -197,12 +197,12 @@ def demo(out, n_slides, encoder, seed, simple, overwrite):
 @click.option("--jobs", type=Number(integer=True, minimum=1, maximum=1024), default=None,
               help="Leaderboard: heads trained at the same time, each in its own process on one thread (default: "
                    "the CPU cores; 1 trains in this process). The numbers do not depend on it.")
-@click.option("--transmil-attention", type=click.Choice(["auto", "nystrom", "exact"]), default="auto",
+@click.option("--transmil-attention", type=click.Choice(["auto", "nystrom", "exact"]), default="nystrom",
               show_default=True,
-              help="Leaderboard: attention of the transmil head. 'nystrom' is the reference's; 'auto' uses exact "
-                   "softmax attention when every bag (padded to TransMIL's square grid, plus its class token) fits in "
-                   "the 256 Nyström landmarks, where Nyström only approximates that same attention at about a "
-                   "hundred times the CPU cost. Recorded per run.")
+              help="Leaderboard: attention of the transmil head, 'nystrom' (the reference's) by default. 'auto' "
+                   "uses exact softmax attention when every bag (padded to TransMIL's square grid, plus its class "
+                   "token) fits in the 256 Nyström landmarks, where Nyström only approximates that same attention at "
+                   "about a hundred times the CPU cost. Recorded per run.")
 @classes_option
 @overwrite_option(OVERWRITE_HELP)
 def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, target_mpp, tile_size, overlap,

@@ -93,7 +93,7 @@ class LeaderboardConfig:
         Heads trained at the same time, each in its own process with one thread (default: the CPU cores); 1 trains
         in this process. The numbers do not depend on it.
     transmil_attention : {"auto", "nystrom", "exact"}
-        Attention of the ``transmil`` head. "nystrom" is the reference's. "auto" (default) uses exact softmax
+        Attention of the ``transmil`` head. "nystrom" (default) is the reference's. "auto" uses exact softmax
         attention when every bag, padded to TransMIL's square token grid plus its class token, has no more tokens
         than the Nyström landmarks (256): the landmarks are then the tokens themselves and Nyström only
         approximates this very attention, through an iterative pseudo-inverse that costs about a hundred times more
@@ -110,7 +110,7 @@ class LeaderboardConfig:
     n_bootstrap: int = 1000
     bootstrap_seed: int = 0
     workers: int | None = None
-    transmil_attention: str = "auto"
+    transmil_attention: str = "nystrom"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad value (unknown head or encoder, repeated names)."""
