@@ -137,6 +137,19 @@ def assign_holdout(inputs: list[SlideInput], test_fraction: float) -> list[Slide
     return inputs
 
 
+def split_benchmark(inputs: list[SlideInput], test_fraction: float,
+                    what: str = "a benchmark") -> tuple[list[SlideInput], list[SlideInput], list[SlideInput]]:
+    """``(inputs, train, test)``: the inputs with the holdout assigned (:func:`assign_holdout`), the labelled
+    training slides and the test slides; refuses a set without either (``what`` names the run in the message)."""
+    inputs = assign_holdout(inputs, test_fraction)
+    train = [it for it in inputs if it.split != "test" and it.label is not None]
+    test = [it for it in inputs if it.split == "test"]
+    if not train or not test:
+        raise ConfigError(f"{what} needs labelled training slides and test slides (have {len(train)} train, "
+                          f"{len(test)} test)")
+    return inputs, train, test
+
+
 def benchmark_inputs(source: str | os.PathLike) -> list[SlideInput]:
     """Slides of a benchmark from a folder (manifest/labels CSV or CAMELYON16 layout) or a manifest CSV."""
     source = Path(source)
@@ -255,12 +268,7 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
     guard.check_all(out_dir / n for n in ("predictions.csv", "roc.png", "froc.png", "bench.json", "report.md"))
     guard.check_all(checkpoint_files(out_dir / "model"), recognise=is_checkpoint)
     output_folder(out_dir)
-    inputs = assign_holdout(inputs, config.test_fraction)
-    train = [it for it in inputs if it.split != "test" and it.label is not None]
-    test = [it for it in inputs if it.split == "test"]
-    if not train or not test:
-        raise ConfigError(f"a benchmark needs labelled training slides and test slides (have {len(train)} "
-                          f"train, {len(test)} test)")
+    inputs, train, test = split_benchmark(inputs, config.test_fraction, "a benchmark")
 
     stores_dir = out_dir / "stores"
     tile_batch(inputs, stores_dir, config.tiling, stain=config.stain, scheduler=config.scheduler, reporter=reporter,

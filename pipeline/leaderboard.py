@@ -45,7 +45,7 @@ from ..mil import TrainConfig, list_heads
 from ..mil.checkpoint import load_checkpoint
 from ..models.registry import get_preset
 from ..store import SlideStore
-from .bench import BenchConfig, _is_bench_folder, _versions, assign_holdout, benchmark_inputs, lesion_froc
+from .bench import BenchConfig, _is_bench_folder, _versions, benchmark_inputs, lesion_froc, split_benchmark
 from .camelyon import LESION_TYPES, FrocTruth, exclude_inputs, is_camelyon_folder, lesion_type, prepare_froc_truth
 from .embed import embed_batch
 from .inputs import SlideInput, store_paths
@@ -488,12 +488,7 @@ def run_leaderboard(source: str | os.PathLike | list[SlideInput], out_dir: str |
     output_folder(out_dir)
     inputs, excluded, unknown = exclude_inputs(inputs, bench.exclude)
     warnings = [f"--exclude {name}: no such slide" for name in unknown]
-    inputs = assign_holdout(inputs, bench.test_fraction)
-    train = [it for it in inputs if it.split != "test" and it.label is not None]
-    test = [it for it in inputs if it.split == "test"]
-    if not train or not test:
-        raise ConfigError(f"a leaderboard needs labelled training slides and test slides (have {len(train)} "
-                          f"train, {len(test)} test)")
+    inputs, train, test = split_benchmark(inputs, bench.test_fraction, "a leaderboard")
     stores_dir = out_dir / "stores"
     timings: dict[str, float] = {}
     t = time.perf_counter()
