@@ -36,7 +36,7 @@ from PIL import Image, ImageFilter
 
 from . import texture as tx
 from .lesions import Artefacts, Lesion, NodeAnatomy
-from .scene import SynthConfig, _apply_pens
+from .scene import SynthConfig, _apply_pens, draw_band
 
 __all__ = ["NodeLook", "NodeScene"]
 
@@ -205,12 +205,7 @@ class NodeScene:
             self._bands.move_to_end(band)
             return hit
         cfg = self.cfg
-        rng = np.random.default_rng([int(cfg.seed), 3, band])
-        n = rng.poisson(self._d_max * _BAND * cfg.width)
-        x = rng.random(n) * cfg.width
-        y = (band + rng.random(n)) * _BAND
-        accept = rng.random(n) * self._d_max
-        pick = rng.random(n)
+        rng, n, x, y, accept, pick = draw_band(cfg.seed, band, self._d_max, cfg.width)
         comp = np.zeros(n, np.int8)
         for c, g in reversed(self._zones):  # the first zone listed wins
             if n:

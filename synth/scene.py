@@ -30,6 +30,19 @@ _PEN_INKS = {  # transmission of marker ink per RGB channel
 }
 
 
+def draw_band(seed: int, band: int, d_max: float, width: int):
+    """Candidate nuclei of one band of ``_BAND`` level-0 rows, from their own seed (so results do not depend on
+    tiling): ``(rng, n, x, y, accept, pick)``; ``x``, ``y`` are level-0 px, ``accept`` uniform in ``[0, d_max)``
+    for thinning to a density, ``pick`` uniform in ``[0, 1)`` for choosing a kind; ``rng`` goes on drawing."""
+    rng = np.random.default_rng([int(seed), 3, band])
+    n = rng.poisson(d_max * _BAND * width)
+    x = rng.random(n) * width
+    y = (band + rng.random(n)) * _BAND
+    accept = rng.random(n) * d_max
+    pick = rng.random(n)
+    return rng, n, x, y, accept, pick
+
+
 @dataclass
 class SynthConfig:
     """What to paint. Sizes in level-0 pixels unless the name says µm.
@@ -394,12 +407,7 @@ class _Scene:
             self._bands.move_to_end(band)
             return hit
         cfg = self.cfg
-        rng = np.random.default_rng([int(cfg.seed), 3, band])
-        n = rng.poisson(self._d_max * _BAND * cfg.width)
-        x = rng.random(n) * cfg.width
-        y = (band + rng.random(n)) * _BAND
-        accept = rng.random(n) * self._d_max
-        pick = rng.random(n)
+        rng, n, x, y, accept, pick = draw_band(cfg.seed, band, self._d_max, cfg.width)
         in_t = shapely.contains_xy(self.tissue, x, y) if n else np.zeros(0, bool)
         in_tu = (shapely.contains_xy(self._tumor_geom, x, y) if (n and self._tumor_geom is not None)
                  else np.zeros(n, bool))
