@@ -265,6 +265,15 @@ def stain_option(help: str):
                         callback=_none_for_none, help=help)
 
 
+def precision_option(choices: list[str], what: str):
+    """``--precision``: the compute dtype of ``what`` ("auto": reduced precision on CUDA only, float32 on CPU)."""
+    return click.option("--precision", type=click.Choice(choices), default="auto", show_default=True,
+                        help=f"Compute precision of {what}. 'auto': bfloat16 on CUDA (the presets' float16 for a few "
+                             "encoders), float32 on CPU. 'bfloat16' on a CPU with AMX-BF16 (Intel Xeon 4th generation "
+                             "and later) runs a ResNet-50 trunk and TransMIL about 2.5 times faster, with results "
+                             "within about 1 % of float32; on other CPUs it is slower. Recorded with the outputs.")
+
+
 def stain_reference_option(f):
     return click.option("--stain-reference", default="default", show_default=True, type=STAIN_REFERENCE,
                         help="Target stain: an RGB image file, or 'default' (a standard H&E reference).")(f)

@@ -9,7 +9,7 @@ import click
 
 from ._common import (COUNT, DEVICE, DEVICE_OR_AUTO, FINITE, FRACTION, HEAD, MPP, OVERWRITE_HELP, POSITIVE, SEED,
                       TEXT, WEIGHTS, Number, classes_option, err, exit_for, max_pixels_option, out_folder,
-                      overwrite_option, print_predictions, reporter, scheduler_option, summary_table)
+                      overwrite_option, precision_option, print_predictions, reporter, scheduler_option, summary_table)
 
 __all__ = ["heatmap", "predict", "run", "train"]
 
@@ -33,10 +33,12 @@ __all__ = ["heatmap", "predict", "run", "train"]
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Same seed, same folds and weights.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_OR_AUTO,
               help="cpu, cuda, cuda:1 …, mps, or auto (CUDA when there is one).")
+@precision_option(["auto", "float32", "bfloat16"], "the training")
 @classes_option
 @overwrite_option("Replace a checkpoint already in --out (by default any checkpoint there, even one slidestream "
                   "wrote, is left as it is and nothing is trained), and files there that slidestream did not write.")
-def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed, device, classes, overwrite):
+def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed, device, precision, classes,
+          overwrite):
     """Train a MIL head on labelled slides (MANIFEST: slide,label[,split,patient] CSV); save the fold ensemble.
 
     Labels are class indices (0, 1, 2 …) or class names (LUAD, LUSC …; see --classes); two or more classes. Slides
@@ -47,7 +49,8 @@ def train(manifest, stores, encoder, out, head, folds, balance, epochs, lr, seed
     from ..mil import TrainConfig
     from ..pipeline.train import train_from_stores
 
-    cfg = TrainConfig(head=head, epochs=epochs, lr=lr, seed=seed, device=device, patience=None, balance=balance)
+    cfg = TrainConfig(head=head, epochs=epochs, lr=lr, seed=seed, device=device, patience=None, balance=balance,
+                      precision=precision)
     summary = train_from_stores(collect_inputs([manifest]), stores, encoder, out, cfg, folds=folds,
                                 reporter=reporter(), classes=classes, overwrite=overwrite)
     m, cs = summary.cv_metrics, summary.classes

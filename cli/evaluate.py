@@ -11,8 +11,8 @@ from rich.table import Table
 
 from ._common import (BASELINE, COUNT, DEVICE, ENCODER, ENCODER_LIST, HEAD, HEAD_LIST, MPP, OVERWRITE_HELP, SEED,
                       SEED_LIST, TEXT, WEIGHTS, Number, classes_option, err, max_pixels_option, out, out_folder,
-                      overwrite_option, print_predictions, print_scores, reporter, scheduler_option, stain_option,
-                      tiling_options)
+                      overwrite_option, precision_option, print_predictions, print_scores, reporter, scheduler_option,
+                      stain_option, tiling_options)
 
 __all__ = ["bench", "demo", "evaluate", "status"]
 
@@ -158,13 +158,16 @@ def demo(out, n_slides, encoder, seed, simple, overwrite):
               help="How class imbalance is countered. 'loss': each slide's whole training loss is weighted by "
                    "N / (K * N_class), normalised to mean 1 over the training slides. 'sampler': each epoch draws "
                    "slides with replacement, class-balanced (CLAM's weighted sampling). 'none': no balancing.")
-@click.option("--folds", default=5, show_default=True, type=Number(integer=True, minimum=2, maximum=100),
-              help="Cross-validation folds on the training slides.")
-@click.option("--epochs", default=30, show_default=True, type=COUNT, help="Training epochs per fold.")
+@click.option("--folds", default=None, type=Number(integer=True, minimum=2, maximum=100),
+              help="Cross-validation folds on the training slides; their models are the ensemble that predicts the "
+                   "test slides. [default: 5; 3 for a leaderboard]")
+@click.option("--epochs", default=None, type=COUNT,
+              help="Training epochs per fold. [default: 30; 20 for a leaderboard]")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Same seed, same numbers.")
 @tiling_options
 @stain_option("Normalise the stored patches (stain estimated once per slide).")
 @click.option("--device", default="cpu", show_default=True, type=DEVICE, help="cpu, cuda, cuda:1 … or mps.")
+@precision_option(["auto", "float32", "bfloat16"], "the encoders and the MIL training")
 @click.option("--froc-mpp", type=MPP, default=None,
               help="Level-0 µm/px at which the lesion FROC is evaluated (sets the 75 µm lesion growth and the 275 µm "
                    "ITC size in pixels). Default 0.243, the official CAMELYON16 value used for every slide whatever "
@@ -206,7 +209,7 @@ def demo(out, n_slides, encoder, seed, simple, overwrite):
 @classes_option
 @overwrite_option(OVERWRITE_HELP)
 def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, target_mpp, tile_size, overlap,
-          min_tissue, stain, device, froc_mpp, scheduler, max_pixels, exclude, heads, encoders, seeds, baseline,
+          min_tissue, stain, device, precision, froc_mpp, scheduler, max_pixels, exclude, heads, encoders, seeds, baseline,
           heatmaps, jobs, transmil_attention, classes, overwrite):
     """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
     manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
@@ -221,14 +224,19 @@ def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, tar
     from ..pipeline.classes import parse_classes_option
     from ..tiling.grid import TilingParams
 
-    cfg = BenchConfig(encoder=encoder, weights=weights, head=head, balance=balance, folds=folds, epochs=epochs,
-                      seed=seed, stain=stain, device=device, scheduler=scheduler,
+    board = bool(heads or encoders or seeds)
+    if board:
+        from ..pipeline.leaderboard import LEADERBOARD_EPOCHS, LEADERBOARD_FOLDS
+    cfg = BenchConfig(encoder=encoder, weights=weights, head=head, balance=balance,
+                      folds=folds or (LEADERBOARD_FOLDS if board else 5),
+                      epochs=epochs or (LEADERBOARD_EPOCHS if board else 30),
+                      seed=seed, stain=stain, device=device, scheduler=scheduler, precision=precision,
                       classes=None if classes is None else tuple(map(str, parse_classes_option(classes))),
                       **({} if froc_mpp is None else {"froc_mpp": froc_mpp}),
                       exclude=tuple(n for value in exclude for n in value.split(",") if n.strip()),
                       tiling=TilingParams(mpp=target_mpp, tile_size=tile_size, overlap=overlap,
                                           min_tissue=min_tissue))
-    if heads or encoders or seeds:
+    if board:
         from ..pipeline.leaderboard import DEFAULT_HEADS, LeaderboardConfig, run_leaderboard
 
         lb = LeaderboardConfig(bench=cfg, encoders=tuple(encoders or [encoder]),

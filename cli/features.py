@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from ._common import (COUNT, DEVICE, ENCODER, OVERWRITE_HELP, TEXT, WEIGHTS, Name, exit_for, out, out_folder,
-                      overwrite_option, reporter, scheduler_option, stain_option, stain_reference_option,
+                      overwrite_option, precision_option, reporter, scheduler_option, stain_option, stain_reference_option,
                       summary_table)
 
 __all__ = ["embed", "encoders", "export_features"]
@@ -35,8 +35,9 @@ __all__ = ["embed", "encoders", "export_features"]
                    "(mpp_mismatch) and in run-embed.json. The handcrafted encoder is checked too (its statistics "
                    "assume 0.5 µm/px); plain timm model names declare no pixel size and are never checked.")
 @scheduler_option()
+@precision_option(["auto", "float32", "bfloat16", "float16"], "the encoder")
 def embed(stores, encoder, weights, device, batch_size, stain, stain_reference, overwrite, allow_mpp_mismatch,
-          scheduler):
+          scheduler, precision):
     """Embed the tiles of STORES (store paths or folders of stores) into features/<encoder>."""
     from ..pipeline.embed import embed_batch
     from ..pipeline.inputs import collect_stores
@@ -44,7 +45,7 @@ def embed(stores, encoder, weights, device, batch_size, stain, stain_reference, 
     outcomes = embed_batch(collect_stores(stores), encoder, weights=weights, device=device, batch_size=batch_size,
                            overwrite=overwrite, stain=stain,
                            stain_reference=stain_reference, scheduler=scheduler, reporter=reporter(),
-                           allow_mpp_mismatch=allow_mpp_mismatch)
+                           allow_mpp_mismatch=allow_mpp_mismatch, precision=precision)
     summary_table(f"embedding ({encoder})", outcomes, ["tiles", "patches_per_s"])
     exit_for(outcomes)
 

@@ -45,10 +45,24 @@ def _threads(num_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+#: Training / inference precisions of the MIL heads (``TrainConfig.precision``).
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def _autocast(device: torch.device, amp: bool | str):
+    """bfloat16 autocast: ``True`` on CUDA only (CPU stays float32), ``"bfloat16"`` on every device (fast on CPUs
+    with AMX-BF16), ``False`` / ``"float32"`` nowhere."""
+    if amp == "bfloat16" or (amp is True and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def amp_mode(precision: str, amp: bool = True) -> bool | str:
+    """The ``amp`` argument of the inference functions for a :data:`PRECISIONS` value: "auto" keeps ``amp``
+    (bfloat16 on CUDA only), "float32" turns autocast off, "bfloat16" turns it on on every device."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return {"auto": bool(amp), "float32": False, "bfloat16": "bfloat16"}[precision]
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

@@ -47,7 +47,8 @@ from ..errors import ConfigError
 from .heads import MILEnsemble, MILHead, get_head, list_heads
 from ..evaluation.metrics import binary_metrics
 from ..evaluation.multiclass import multiclass_metrics
-from .inference import _autocast, _evaluate, _threads, _to_tensor, predict, predict_ensemble, predict_logits
+from .inference import (_autocast, _evaluate, _threads, _to_tensor, amp_mode, predict, predict_ensemble,
+                        predict_logits)
 from .splits import Splits, check_groups_in_one_fold, group_keys, stratified_kfold
 from .standardize import FeatureNorm, fit_feature_norm
 
@@ -102,7 +103,11 @@ class TrainConfig:
     device : str
         "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1" ...
     amp : bool
-        bfloat16 autocast on CUDA; ignored on CPU, where training stays float32.
+        bfloat16 autocast on CUDA; ignored on CPU, where training stays float32 (unless ``precision``).
+    precision : {"auto", "float32", "bfloat16"}
+        "auto" follows ``amp``; "float32" never autocasts; "bfloat16" autocasts on every device, CPU included:
+        on CPUs with AMX-BF16 TransMIL's Nyström attention then trains about 2.5 times faster, while the small heads
+        gain nothing. Weights and optimiser state stay float32 either way.
     deterministic : bool
         ``torch.use_deterministic_algorithms(True)`` during training (on CUDA this sets
         ``CUBLAS_WORKSPACE_CONFIG`` if unset).
@@ -128,6 +133,7 @@ class TrainConfig:
     n_classes: int | None = None
     device: str = "auto"
     amp: bool = True
+    precision: str = "auto"
     deterministic: bool = True
     num_threads: int | None = 1
     max_grad_norm: float | None = None
@@ -156,12 +162,15 @@ class TrainConfig:
             raise ConfigError(f"n_classes must be >= 2, got {self.n_classes}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+        amp_mode(self.precision)  # raises on an unknown precision
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of all fields."""
         d = dataclasses.asdict(self)
         if isinstance(d["class_weight"], tuple):
             d["class_weight"] = list(d["class_weight"])
+        if d["precision"] == "auto":
+            del d["precision"]  # as before the option: such checkpoints stay readable by earlier versions
         return d
 
     @classmethod
@@ -419,7 +428,7 @@ def train_head(train_bags: Sequence, train_labels: Sequence[int], config: TrainC
                 if config.max_instances is not None and bag.shape[0] > config.max_instances:
                     keep = np.sort(rng.choice(bag.shape[0], config.max_instances, replace=False))
                     bag = bag[torch.from_numpy(keep).to(device)]
-                with _autocast(device, config.amp):
+                with _autocast(device, amp_mode(config.precision, config.amp)):
                     out = model(bag)
                     loss = model.loss(out, int(y[i])).float() * float(bag_weight[i])
                 optimizer.zero_grad(set_to_none=True)
@@ -432,7 +441,7 @@ def train_head(train_bags: Sequence, train_labels: Sequence[int], config: TrainC
             record: dict[str, float] = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": lr}
 
             if has_val:
-                logits, _ = _evaluate(model, val_bags, device, config.amp)
+                logits, _ = _evaluate(model, val_bags, device, amp_mode(config.precision, config.amp))
                 record["val_loss"], record["val_auc"] = _val_scores(logits, yv)
                 if config.patience is not None:
                     if config.monitor == "val_auc" and math.isfinite(record["val_auc"]):

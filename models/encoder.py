@@ -199,6 +199,15 @@ class Encoder(nn.Module):
                 f"dtype={self.compute_dtype}")
 
 
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX-BF16 tiles, Intel Xeon 4th generation and
+    later), where bfloat16 autocast is faster than float32; on other CPUs it is slower."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a private probe: absent from some torch builds
+        return False
+
+
 def check_device_available(device: torch.device) -> None:
     """Refuse a CUDA or MPS device this machine does not have, before a model is moved there (PyTorch's own error
     comes from deep inside the first copy).

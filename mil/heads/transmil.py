@@ -51,8 +51,12 @@ def nystrom_attention(q: Tensor, k: Tensor, v: Tensor, num_landmarks: int, pinv_
     tokens stay unmasked keys (logit 0, value 0), as in the reference. ``out = softmax(q k_l^T)
     pinv(softmax(q_l k_l^T)) softmax(q_l k^T) v``, and the last ``n`` rows are returned (the fixed slice of
     0.0.10; 0.0.9 returned the first ``n``, shifted by the padding). A bag shorter than ``m`` is padded to ``m``
-    tokens and still approximated, never switched to exact attention. Computed in float32 even under autocast:
-    the iterative pseudo-inverse is not stable in half precision.
+    tokens and still approximated, never switched to exact attention.
+
+    Precision: under bfloat16 autocast the products (pseudo-inverse included) run in bfloat16, as the reference's
+    fp16 mixed-precision training ran them in half precision; bfloat16 keeps float32's range, so the pseudo-inverse's
+    scaling cannot overflow, and its output stays within about 1 % of the float32 one. Otherwise (no autocast, or
+    float16 autocast, whose range the scaling can leave) everything runs in float32.
 
     Parameters
     ----------
@@ -66,10 +70,13 @@ def nystrom_attention(q: Tensor, k: Tensor, v: Tensor, num_landmarks: int, pinv_
     Returns
     -------
     torch.Tensor
-        ``(..., n, d)`` float32.
+        ``(..., n, d)``, float32 (bfloat16 under bfloat16 autocast).
     """
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, v = q.float(), k.float(), v.float()
+    dev = q.device.type
+    bf16 = torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16
+    with torch.autocast(device_type=dev, enabled=bf16, dtype=torch.bfloat16):
+        if not bf16:
+            q, k, v = q.float(), k.float(), v.float()
         n, d = q.shape[-2], q.shape[-1]
         m = int(num_landmarks)
         pad = (-n) % m
@@ -167,7 +174,8 @@ class TransMIL(MILHead):
     * The reference pins nystrom-attention 0.0.9, whose output slice keeps the pad rows and drops the last real
       ones (fixed in 0.0.10); this head follows the fixed slice, so released TransMIL numbers were made with a
       shifted output that is not reproduced.
-    * Nyström attention runs in float32 under autocast (the reference trained in fp16).
+    * The reference trained in fp16 mixed precision. Here Nyström attention runs in bfloat16 under bfloat16
+      autocast (CUDA training, or ``precision="bfloat16"`` on a CPU) and in float32 otherwise.
     * Training uses the shared AdamW / cosine loop of :mod:`slidestream.mil.train` (the reference:
       Lookahead-RAdam(2e-4, wd 1e-5), gradient accumulation 2, 200 epochs, patience 10 on validation loss).
 

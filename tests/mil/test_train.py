@@ -285,6 +285,43 @@ def test_config_validation_and_round_trip():
         train_head([np.zeros((3, 4), np.float32)] * 2, [0, 1], TrainConfig(device="cpu", class_weight=[1.0]))
 
 
+def test_bfloat16_precision_trains_under_cpu_autocast_close_to_float32(camelyon):
+    """precision="bfloat16" really autocasts on a CPU (the weights differ from float32 training, and TransMIL's
+    Nyström attention then runs in bfloat16), learns as well, and is recorded only when asked for."""
+    bags, y, _ = camelyon
+    seen = []
+    from slidestream.mil.heads import transmil as transmil_module
+
+    original = transmil_module.nystrom_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        out = original(q, k, v, *args, **kwargs)
+        seen.append(out.dtype)
+        return out
+
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = config_for("transmil", precision=precision)
+        transmil_module.nystrom_attention = spy
+        try:
+            results[precision] = train_head(bags[:30], y[:30], cfg)
+        finally:
+            transmil_module.nystrom_attention = original
+        assert cfg.to_dict()["precision"] == precision
+        assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert torch.float32 in seen and torch.bfloat16 in seen
+    a, b = (results[p].model.state_dict() for p in ("float32", "bfloat16"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype == torch.float32 for v in b.values())  # autocast leaves the weights in float32
+    pa, _ = predict(results["float32"].model, bags[30:])
+    pb, _ = predict(results["bfloat16"].model, bags[30:])
+    assert roc_auc(y[30:], pa)["auc"] > 0.9 and roc_auc(y[30:], pb)["auc"] > 0.9
+    assert np.abs(pa - pb).max() < 0.2
+    assert "precision" not in TrainConfig().to_dict()  # "auto" keeps the checkpoint config as it was
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(precision="float16")
+
+
 def imbalanced_bags(n_neg: int, n_pos: int, seed: int, neg_size: int | None = None, pos_size: int | None = None):
     """Weak-signal bags: 30 % of a tumour bag's instances shifted by +1 along 2 of 16 dimensions."""
     rng = np.random.default_rng(seed)

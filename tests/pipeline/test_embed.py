@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -60,3 +61,33 @@ def test_random_encoders_are_the_same_in_every_process():
         built.append(enc.state_dict())
     assert built[0].keys() == built[1].keys()
     assert all(torch.equal(built[0][k], built[1][k]) for k in built[0])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_embed_precision_option_reaches_the_encoder_and_is_recorded(tmp_path):
+    from slidestream.store import SlideStore
+
+    slide = write_synthetic_slide(tmp_path / "s.svs", SynthConfig(width=1024, height=1024, mpp=0.5, seed=5)).path
+    stores = tmp_path / "stores"
+    tile_slide(slide, stores, TilingParams(mpp=0.5, tile_size=112, min_tissue=0.25))
+    base = ["embed", str(stores), "--encoder", "resnet18", "--weights", "none"]
+    r = CliRunner().invoke(main, base + ["--precision", "float32"])
+    assert r.exit_code == 0, r.output
+    store = SlideStore.open(next(stores.glob("*.zarr")))
+    assert store.n_tiles >= 4
+    fp32 = store.read_features("resnet18").astype(np.float64)
+    assert store.group["features/resnet18"].attrs["dtype"] == "float32"
+
+    # features of another precision are not mixed into the same array
+    r = CliRunner().invoke(main, base + ["--precision", "bfloat16"])
+    assert r.exit_code != 0 and "overwrite" in json.loads((stores / "run-embed.json").read_text())["slides"][0]["error"]
+    r = CliRunner().invoke(main, base + ["--precision", "bfloat16", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    store = SlideStore.open(store.path)
+    assert store.group["features/resnet18"].attrs["dtype"] == "bfloat16"
+    assert json.loads((stores / "run-embed.json").read_text())["parameters"]["precision"] == "bfloat16"
+    bf16 = store.read_features("resnet18").astype(np.float64)
+    assert not np.array_equal(bf16, fp32)
+    cos = (bf16 * fp32).sum(1) / (np.linalg.norm(bf16, axis=1) * np.linalg.norm(fp32, axis=1))
+    assert cos.min() > 0.99, cos.min()
+    assert CliRunner().invoke(main, base + ["--precision", "int8"]).exit_code == 2

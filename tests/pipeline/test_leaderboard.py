@@ -149,6 +149,54 @@ def test_config_is_checked_before_any_work(tmp_path):
     assert lb.LeaderboardConfig(bench=BenchConfig(weights="none")).heads == lb.DEFAULT_HEADS
 
 
+def test_transmil_is_trained_first_and_the_protocol_and_precision_reach_the_config(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from slidestream.pipeline import bench as bench_module
+
+    plan = [SimpleNamespace(head=h, encoder=e) for e in ("a", "b") for h in lb.DEFAULT_HEADS]
+    order = [(p.encoder, p.head) for p in lb._longest_first(plan)]
+    assert order[:2] == [("a", "transmil"), ("b", "transmil")]  # the two long trainings start at once
+    assert order[2:6] == [("a", "clam_sb"), ("a", "clam_mb"), ("b", "clam_sb"), ("b", "clam_mb")]
+    assert sorted(order) == sorted((p.encoder, p.head) for p in plan)
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(name):
+        def fake(source, out, config, **kwargs):
+            seen[name] = config
+            raise Stop
+        return fake
+
+    monkeypatch.setattr(lb, "run_leaderboard", capture("board"))
+    monkeypatch.setattr(bench_module, "run_benchmark", capture("single"))
+    src = tmp_path / "src"
+    src.mkdir()
+    common = ["bench", str(src), "--out", str(tmp_path / "o"), "--weights", "none"]
+    for args in (["--heads", "all", "--precision", "bfloat16"], [], ["--heads", "abmil", "--folds", "4",
+                                                                      "--epochs", "7"]):
+        r = CliRunner().invoke(main, common + args)
+        assert isinstance(r.exception, Stop), r.output
+        if args:
+            cfg = seen.pop("board").bench
+            assert (cfg.folds, cfg.epochs) == ((lb.LEADERBOARD_FOLDS, lb.LEADERBOARD_EPOCHS) if len(args) == 4
+                                               else (4, 7))
+            assert cfg.precision == ("bfloat16" if "--precision" in args else "auto")
+        else:
+            cfg = seen.pop("single")
+            assert (cfg.folds, cfg.epochs, cfg.precision) == (5, 30, "auto")
+    assert lb.LeaderboardConfig().bench.folds == lb.LEADERBOARD_FOLDS
+    assert "precision" not in BenchConfig().to_dict()  # "auto" leaves earlier fingerprints as they were
+    assert BenchConfig(precision="bfloat16").to_dict()["precision"] == "bfloat16"
+    with pytest.raises(ConfigError, match="precision"):
+        BenchConfig(precision="float16")
+    bad = CliRunner().invoke(main, common + ["--precision", "half"])
+    assert bad.exit_code == 2 and "half" in bad.output
+
+
 def test_a_users_files_in_the_output_folder_are_refused_before_any_work(camelyon_folder, tmp_path):
     out = tmp_path / "o"
     (out / "ground_truth").mkdir(parents=True)

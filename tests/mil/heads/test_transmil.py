@@ -54,6 +54,25 @@ def test_nystrom_matches_the_reference_padding_landmarks_pinv_and_slice(n, m):
     np.testing.assert_allclose(w(got), ref_nystrom(q, k, v, m), atol=2e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("n", [200, 300])
+def test_nystrom_runs_in_bfloat16_under_bfloat16_autocast_within_a_percent_of_float32(n):
+    # TransMIL's shapes: 8 heads of 64, 256 landmarks, tokens from LayerNorm-ed features through a random projection.
+    g = torch.Generator().manual_seed(n)
+    x = torch.nn.functional.layer_norm(torch.randn(n, 512, generator=g), (512,))
+    q, k, v = (x @ (torch.randn(512, 3 * 512, generator=g) / 512 ** 0.5)).reshape(n, 3, 8, 64).permute(1, 2, 0, 3)
+    q = q * 64 ** -0.5
+    full = nystrom_attention(q, k, v, num_landmarks=256)
+    np.testing.assert_allclose(w(full), ref_nystrom(w(q), w(k), w(v), 256), rtol=1e-3, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = nystrom_attention(q, k, v, num_landmarks=256)
+    assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
+    err = ((low.float() - full).norm() / full.norm()).item()
+    assert 1e-4 < err < 0.02  # really computed in bfloat16, and close
+    with torch.autocast("cpu", dtype=torch.float16):
+        kept = nystrom_attention(q, k, v, num_landmarks=256)
+    assert kept.dtype == torch.float32 and torch.equal(kept, full)  # float16 autocast leaves it in float32
+
+
 def test_nystrom_approximates_exact_attention_on_low_rank_data():
     # Tokens from 8 clusters in segments of 16: each landmark segment is pure, so the kernel is low rank.
     g = torch.Generator().manual_seed(0)
