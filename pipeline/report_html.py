@@ -321,7 +321,8 @@ def write_report_html(path: str | os.PathLike, record: dict, pairs: list[dict],
     parts.append(
         f"<p class='meta'>{n_train} training slides, {n_test} test slides; encoders {_e(', '.join(cfg['encoders']))} "
         f"(weights: {_e(b['weights'])}); heads {_e(', '.join(cfg['heads']))}; seeds {_e(cfg['seeds'])}; "
-        f"{b['folds']}-fold CV, {b['epochs']} epochs, lr {b['lr']}, balance {_e(b['balance'])}; tiles "
+        f"{b['folds']}-fold CV, {b['epochs']} epochs, lr {b['lr']}, balance {_e(b['balance'])}, precision "
+        f"{_e(b.get('precision', 'auto'))}; tiles "
         f"{b['tiling']['tile_size']} px at {b['tiling']['mpp']} µm/px; FROC at {b['froc_mpp']:g} µm/px; "
         f"{cfg['n_bootstrap']} bootstrap resamples; {record['seconds']:.0f} s"
         + (f"; left out: {_e(', '.join(record['excluded']['slides']))}" if record["excluded"]["slides"] else "")
