@@ -209,8 +209,8 @@ def demo(out, n_slides, encoder, seed, simple, overwrite):
 @classes_option
 @overwrite_option(OVERWRITE_HELP)
 def bench(source, out, encoder, weights, head, balance, folds, epochs, seed, target_mpp, tile_size, overlap,
-          min_tissue, stain, device, precision, froc_mpp, scheduler, max_pixels, exclude, heads, encoders, seeds, baseline,
-          heatmaps, jobs, transmil_attention, classes, overwrite):
+          min_tissue, stain, device, precision, froc_mpp, scheduler, max_pixels, exclude, heads, encoders, seeds,
+          baseline, heatmaps, jobs, transmil_attention, classes, overwrite):
     """CAMELYON16-style benchmark of SOURCE (a CAMELYON16 folder, a folder with manifest.csv/labels.csv, or a
     manifest): tile → embed → cross-validated MIL on the training slides → test-slide AUC with bootstrap CI and
     the official lesion FROC, ROC/FROC plots, bench.json and report.md. Rerunning after an interruption skips

@@ -176,8 +176,8 @@ def write_markdown(path: Path, rows: list[dict], summary: str, record: dict) -> 
     lines = ["# slidestream leaderboard", "", f"**{summary}**", "",
              f"- {len(record['splits']['train'])} training slides, {len(record['splits']['test'])} test slides; "
              f"encoders {', '.join(cfg['encoders'])} (weights: {b['weights']}), seeds {cfg['seeds']}, "
-             f"{b['folds']}-fold CV, {b['epochs']} epochs, lr {b['lr']}, balance {b['balance']}, "
-             f"precision {b.get('precision', 'auto')}",
+             f"{b['folds']}-fold CV, {b['epochs']} epochs, lr {b['lr']}, balance {b['balance']}, precision "
+             f"{b.get('precision', 'auto')}",
              f"- tiling: {b['tiling']['tile_size']} px at {b['tiling']['mpp']} µm/px; FROC at {b['froc_mpp']:g} µm/px",
              f"- time {record['seconds']:.0f} s; table: `leaderboard.csv`; record: `bench.json`; "
              "page: `report.html`; per run: `runs/<encoder>/<head>/seed-<seed>/`"]
