@@ -218,6 +218,7 @@ def embed_store(
     stain: Any = None,
     workers: int | None = None,
     overwrite: bool = False,
+    replace_changed: bool = False,
     slide_path: str | os.PathLike | None = None,
     progress: Progress | None = None,
     allow_mpp_mismatch: bool = False,
@@ -249,7 +250,11 @@ def embed_store(
         Loader threads reading chunks ahead (default: 1 on CPU, several on a GPU); 0 reads and writes each
         chunk in the calling thread (no overlap, no extra threads).
     overwrite : bool
-        Recompute features that exist with other settings (otherwise :class:`~slidestream.errors.StoreError`).
+        Recompute the features, even ones that exist with the same settings.
+    replace_changed : bool
+        Recompute features that exist with other settings (encoder, weights, dtype, stain) and resume ones with
+        the same settings; without it or ``overwrite`` other settings raise :class:`~slidestream.errors.StoreError`.
+        For folders the tool owns, such as a benchmark's stores.
     slide_path : path, optional
         Read tiles from this slide when the store holds no patches (default: the path recorded in the store).
     progress : callable(done_tiles, total_tiles), optional
@@ -300,7 +305,7 @@ def embed_store(
         # only when there is one: features of matching stores keep the attributes earlier versions wrote (resumable)
         attrs["mpp_mismatch"] = mismatch
     arr = store.create_feature_array(name, int(encoder.embed_dim), dtype=out_dtype, attrs=attrs,
-                                     overwrite=overwrite)
+                                     overwrite=overwrite, replace_changed=replace_changed)
     slices = store.chunk_slices(key)
     done = store.done_chunks(key)
     todo = [i for i, d in enumerate(done) if not d]

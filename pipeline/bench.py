@@ -287,7 +287,7 @@ def run_benchmark(source: str | os.PathLike | list[SlideInput], out_dir: str | o
                max_pixels=max_pixels)
     embed_batch(store_paths(stores_dir, [it.slide_id for it in inputs if (stores_dir / f"{it.slide_id}.zarr").exists()]),
                 config.encoder, weights=config.weights, device=config.device, scheduler=config.scheduler,
-                reporter=reporter, precision=config.precision)
+                reporter=reporter, precision=config.precision, replace_changed=True)
 
     checkpoint = out_dir / "model"
     train_cfg = TrainConfig(head=config.head, epochs=config.epochs, lr=config.lr, seed=config.seed,

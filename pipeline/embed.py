@@ -41,6 +41,7 @@ def embed_batch(
     encoder=None,
     allow_mpp_mismatch: bool = False,
     precision: str = "auto",
+    replace_changed: bool = False,
 ) -> list[SlideOutcome]:
     """Embed the tiles of every store with one encoder (created once) into ``features/<encoder>``.
 
@@ -59,14 +60,16 @@ def embed_batch(
     ``precision`` is the encoder's compute dtype: "auto" (the preset's reduced precision on CUDA, float32 on CPU),
     or "float32", "bfloat16", "float16" on any device. bfloat16 on a CPU with AMX-BF16 (Intel Xeon 4th generation
     and later) runs a ResNet-50 trunk about 2.5 times faster, with features within about 0.3 % of float32 ones. The
-    dtype is recorded in the features' attributes; features of another dtype are not mixed in (``overwrite``).
+    dtype is recorded in the features' attributes; features of another dtype are not mixed in: they are refused
+    unless ``overwrite`` (recompute everything) or ``replace_changed`` (recompute features made with other settings,
+    resume the rest; what a benchmark, which owns its stores, uses when its settings change).
     """
     reporter = reporter or QuietReporter()
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     options = {"weights": weights, "device": device, "batch_size": batch_size, "overwrite": overwrite,
                "stain": stain, "stain_reference": stain_reference, "allow_mpp_mismatch": allow_mpp_mismatch,
-               "precision": precision}
+               "precision": precision, "replace_changed": replace_changed}
     params = {"encoder": encoder_name, "weights": weights, "device": device, "stain": stain,
               "stain_reference": stain_reference, "scheduler": scheduler,
               "allow_mpp_mismatch": allow_mpp_mismatch, **({"precision": precision} if precision != "auto" else {})}
@@ -164,7 +167,8 @@ def embed_store_job(path: str | os.PathLike, encoder_name: str, options: dict, *
     encoder_name : str
     options : dict
         ``weights``, ``device``, ``batch_size``, ``overwrite``, ``stain``, ``stain_reference``,
-        ``allow_mpp_mismatch`` and ``precision`` (optional, default "auto") of :func:`embed_batch`.
+        ``allow_mpp_mismatch``, and optionally ``precision`` (default "auto") and ``replace_changed`` (default False)
+        of :func:`embed_batch`.
     encoder : Encoder, optional
         Default: created once per process and kept for the next stores.
 
@@ -198,7 +202,8 @@ def embed_store_job(path: str | os.PathLike, encoder_name: str, options: dict, *
         res = embed_store(store, encoder, batch_size=options["batch_size"], overwrite=options["overwrite"],
                           stain=norm, progress=progress,
                           allow_mpp_mismatch=bool(options.get("allow_mpp_mismatch", False)),
-                          amp_dtype=None if precision == "auto" else precision)
+                          amp_dtype=None if precision == "auto" else precision,
+                          replace_changed=bool(options.get("replace_changed", False)))
     status = "skipped" if res.chunks_written == 0 else "ok"
     details = {"tiles": res.n_tiles, "patches_per_s": round(res.patches_per_s, 1),
                "chunks_written": res.chunks_written, "worker": where_am_i(),

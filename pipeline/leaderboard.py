@@ -523,7 +523,7 @@ def run_leaderboard(source: str | os.PathLike | list[SlideInput], out_dir: str |
     for encoder in config.encoders:
         t = time.perf_counter()
         embed_batch(store_paths(stores_dir, present), encoder, weights=bench.weights, device=bench.device,
-                    scheduler=bench.scheduler, reporter=reporter, precision=bench.precision)
+                    scheduler=bench.scheduler, reporter=reporter, precision=bench.precision, replace_changed=True)
         timings[f"embed {encoder}"] = time.perf_counter() - t
     truth = prepare_froc_truth(test, out_dir / "ground_truth", guard=guard,
                                expect_truth=not isinstance(source, list) and is_camelyon_folder(source))

@@ -491,11 +491,13 @@ class SlideStore:
 
     # ------------------------------------------------------------------ features and scores
     def create_feature_array(self, name: str, dim: int, *, dtype: str = "float16", attrs: dict | None = None,
-                             kind: str = "features", overwrite: bool = False) -> zarr.Array:
+                             kind: str = "features", overwrite: bool = False,
+                             replace_changed: bool = False) -> zarr.Array:
         """Create ``features/<name>`` (or ``scores/<name>``) chunked like the tiles, with a done marker array.
 
         An existing array with the same dim, dtype and attrs is returned as is (resume); a different one raises
-        :class:`StoreError` unless ``overwrite``.
+        :class:`StoreError` unless ``overwrite`` (always start afresh) or ``replace_changed`` (start afresh only
+        when the settings differ).
         """
         key = f"{kind}/{name}"
         attrs = json.loads(json.dumps(attrs or {}))
@@ -506,6 +508,8 @@ class SlideStore:
             same = arr.shape == (n, dim) and str(arr.dtype) == dtype and dict(arr.attrs) == attrs
             if same:
                 return arr
+            if replace_changed:
+                return self.create_feature_array(name, dim, dtype=dtype, attrs=attrs, kind=kind, overwrite=True)
             raise StoreError(
                 f"{self.path}: {key} exists with different settings ({arr.shape}, {arr.dtype}); "
                 "pass --overwrite to recompute it"

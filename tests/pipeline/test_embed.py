@@ -91,3 +91,14 @@ def test_embed_precision_option_reaches_the_encoder_and_is_recorded(tmp_path):
     cos = (bf16 * fp32).sum(1) / (np.linalg.norm(bf16, axis=1) * np.linalg.norm(fp32, axis=1))
     assert cos.min() > 0.99, cos.min()
     assert CliRunner().invoke(main, base + ["--precision", "int8"]).exit_code == 2
+
+    # what bench and the leaderboard do in the stores they own: features made with other settings are recomputed,
+    # features made with these settings are resumed
+    from slidestream.pipeline.embed import embed_batch
+
+    [out] = embed_batch([store.path], "resnet18", weights="none", precision="float32", replace_changed=True)
+    assert out.status == "ok" and out.details["chunks_written"] > 0
+    assert SlideStore.open(store.path).group["features/resnet18"].attrs["dtype"] == "float32"
+    np.testing.assert_allclose(SlideStore.open(store.path).read_features("resnet18"), fp32, rtol=1e-3, atol=1e-3)
+    [again] = embed_batch([store.path], "resnet18", weights="none", precision="float32", replace_changed=True)
+    assert again.status == "skipped" and again.details["chunks_written"] == 0
