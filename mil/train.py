@@ -405,6 +405,7 @@ def train_head(train_bags: Sequence, train_labels: Sequence[int], config: TrainC
         raise ConfigError(f"every bag must be a (N, D) array, got shape {first.shape}")
     in_dim = int(first.shape[1])
 
+    amp = amp_mode(config.precision, config.amp)
     t0 = time.perf_counter()
     with _reproducible(config, device):
         model = get_head(config.head, in_dim, n_classes, **config.head_kwargs).to(device)
@@ -428,7 +429,7 @@ def train_head(train_bags: Sequence, train_labels: Sequence[int], config: TrainC
                 if config.max_instances is not None and bag.shape[0] > config.max_instances:
                     keep = np.sort(rng.choice(bag.shape[0], config.max_instances, replace=False))
                     bag = bag[torch.from_numpy(keep).to(device)]
-                with _autocast(device, amp_mode(config.precision, config.amp)):
+                with _autocast(device, amp):
                     out = model(bag)
                     loss = model.loss(out, int(y[i])).float() * float(bag_weight[i])
                 optimizer.zero_grad(set_to_none=True)
@@ -441,7 +442,7 @@ def train_head(train_bags: Sequence, train_labels: Sequence[int], config: TrainC
             record: dict[str, float] = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": lr}
 
             if has_val:
-                logits, _ = _evaluate(model, val_bags, device, amp_mode(config.precision, config.amp))
+                logits, _ = _evaluate(model, val_bags, device, amp)
                 record["val_loss"], record["val_auc"] = _val_scores(logits, yv)
                 if config.patience is not None:
                     if config.monitor == "val_auc" and math.isfinite(record["val_auc"]):
